@@ -1,0 +1,4 @@
+"""`python -m zraft` is the `zraft` command."""
+from zraft.cli import main
+
+main()
