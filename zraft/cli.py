@@ -48,3 +48,113 @@ def sim(seeds: int, steps: int, nodes: str, seed: int | None, first_seed: int, j
     click.echo(summary.line())
     if summary.violations or summary.liveness_failures:
         sys.exit(1)
+
+
+@main.group()
+def run() -> None:
+    """Run one of a node's processes in the foreground (as supervisord or systemd do)."""
+
+
+def _run_process(name: str, config_path: str) -> None:
+    import importlib
+    import logging
+
+    from zraft.config import ConfigError, load
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        click.echo(f"zraft run {name}: {exc}", err=True)
+        sys.exit(2)
+    module = importlib.import_module(f"zraft.procs.{name}_proc")
+    sys.exit(module.run(config))
+
+
+_CONFIG = click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+                       help="The node's TOML config (see config/zraft.example.toml).")
+
+
+@run.command("raft")
+@_CONFIG
+def run_raft(config_path: str) -> None:
+    """Raft consensus: the core, the durable log and the peer transport."""
+    _run_process("raft", config_path)
+
+
+@run.command("store")
+@_CONFIG
+def run_store(config_path: str) -> None:
+    """The SQLite state machine: applies committed entries and serves queries."""
+    _run_process("store", config_path)
+
+
+@run.command("api")
+@_CONFIG
+def run_api(config_path: str) -> None:
+    """The client API: rqlite-compatible HTTP plus the native ZeroMQ endpoint."""
+    _run_process("api", config_path)
+
+
+@main.group()
+def cluster() -> None:
+    """A local cluster under supervisord, for trying zraft out and for tests."""
+
+
+_DIR = click.option("--dir", "directory", type=click.Path(file_okay=False), default="zraft-cluster",
+                    show_default=True, help="Folder holding the cluster's configs, data and logs.")
+
+
+@cluster.command("up")
+@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@_DIR
+@click.option("--http-port", type=click.IntRange(1024, 65000), default=4001, show_default=True,
+              help="Node i serves HTTP on PORT + 2(i-1).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="Seconds to wait for a leader.")
+def cluster_up(nodes: int, directory: str, http_port: int, timeout: float) -> None:
+    """Start a local cluster and return once a leader is elected."""
+    from pathlib import Path
+
+    from zraft.cluster import ClusterError, up
+
+    try:
+        statuses = up(Path(directory), nodes, http_port, timeout)
+    except ClusterError as exc:
+        click.echo(f"zraft cluster up: {exc}", err=True)
+        sys.exit(1)
+    for node in statuses:
+        role = "leader" if node.leader else "follower"
+        click.echo(f"node {node.id}: http://{node.http} ({role})")
+
+
+@cluster.command("status")
+@_DIR
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cluster_status(directory: str, as_json: bool) -> None:
+    """Show each node's address, leadership and process IDs."""
+    from pathlib import Path
+
+    import orjson
+
+    from zraft.cluster import status
+
+    statuses = status(Path(directory))
+    if as_json:
+        click.echo(orjson.dumps({"nodes": [s.to_json() for s in statuses]}).decode())
+        return
+    for node in statuses:
+        pids = " ".join(f"{k}={v}" for k, v in node.pids.items())
+        click.echo(f"node {node.id}: http://{node.http} {'leader' if node.leader else 'follower'} {pids}")
+
+
+@cluster.command("down")
+@_DIR
+def cluster_down(directory: str) -> None:
+    """Stop every process of the cluster; none is left behind."""
+    from pathlib import Path
+
+    from zraft.cluster import down
+
+    down(Path(directory))

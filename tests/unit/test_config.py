@@ -1,0 +1,64 @@
+"""Node configuration: the example file is valid and complete, and bad files fail clearly."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from zraft.config import ApiSettings, ConfigError, RaftSettings, StoreSettings, from_dict, load, render
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "zraft.example.toml"
+
+
+def minimal(**node: object) -> dict[str, object]:
+    return {"node": {"id": 1, "data_dir": "/tmp/x", **node},
+            "peers": [{"id": 1, "raft": "tcp://127.0.0.1:1", "http": "127.0.0.1:2", "api_zmq": "tcp://127.0.0.1:3"}]}
+
+
+def test_example_config_loads_and_documents_every_setting() -> None:
+    config = load(EXAMPLE)
+    assert config.id == 1 and len(config.peers) == 3
+    text = EXAMPLE.read_text()
+    for settings in (RaftSettings, StoreSettings, ApiSettings):
+        for f in fields(settings):
+            assert f"\n{f.name} = " in text, f"{f.name} is not documented in the example"
+    # the example shows the defaults
+    assert config.raft == RaftSettings() and config.store == StoreSettings() and config.api == ApiSettings()
+
+
+def test_local_sockets_default_to_ipc_in_the_data_dir() -> None:
+    config = from_dict(minimal())
+    assert config.raft_rpc == "ipc:///tmp/x/raft.sock"
+    assert config.store_pub == "ipc:///tmp/x/store-pub.sock"
+
+
+def test_render_round_trips(tmp_path: Path) -> None:
+    config = from_dict(minimal())
+    path = tmp_path / "n.toml"
+    path.write_text(render(config))
+    assert load(path) == config
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"node": {"id": 1}}, "peers"),
+    (minimal(id=0), "node.id"),
+    (minimal(id=2), "not in its own peers"),
+    (minimal(colour="blue"), "unknown keys"),
+    ({**minimal(), "raft": {"tick_ms": -5}}, "tick_ms"),
+    ({**minimal(), "raft": {"tick_msec": 5}}, "unknown keys"),
+    ({**minimal(), "peers": [{"id": 1}]}, "lacks"),
+])
+def test_bad_configs_are_rejected_with_a_clear_message(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_dict(raw)
+
+
+def test_unreadable_or_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[node\nid=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad)

@@ -1,0 +1,205 @@
+"""A local cluster in one command: node configs, a supervisord config, start, status, stop.
+
+Layout of a cluster folder:
+    DIR/supervisord.conf, DIR/supervisord.pid, DIR/supervisord.log, DIR/supervisor.sock
+    DIR/node<i>/zraft.toml   the node's config (data lives beside it)
+    DIR/node<i>/{raft,store,api}.log
+
+Node i serves HTTP on P + 2(i-1) (rqlite's 4001/4003/4005 for P=4001), its Raft inbox on the
+port above that, and its native ZeroMQ API on P + 100 + 2(i-1).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from zraft.config import NodeConfig, Peer, RaftSettings, load, render
+
+PROCESSES = ("raft", "store", "api")
+DEFAULT_DIR = Path("zraft-cluster")
+
+
+class ClusterError(Exception):
+    """The local cluster could not be started, inspected or stopped as asked."""
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    id: int
+    http: str
+    leader: bool
+    pids: dict[str, int | None]
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.id, "http": self.http, "leader": self.leader, "pids": self.pids}
+
+
+def node_peers(nodes: int, http_port: int, host: str = "127.0.0.1") -> tuple[Peer, ...]:
+    peers = []
+    for i in range(1, nodes + 1):
+        http = http_port + 2 * (i - 1)
+        peers.append(Peer(id=i, raft=f"tcp://{host}:{http + 1}", http=f"{host}:{http}",
+                          api_zmq=f"tcp://{host}:{http + 100}"))
+    return tuple(peers)
+
+
+def write_configs(directory: Path, nodes: int, http_port: int,
+                  raft: RaftSettings | None = None) -> list[Path]:
+    peers = node_peers(nodes, http_port)
+    paths = []
+    for peer in peers:
+        node_dir = (directory / f"node{peer.id}").resolve()
+        node_dir.mkdir(parents=True, exist_ok=True)
+        config = NodeConfig(id=peer.id, data_dir=node_dir, peers=peers, raft=raft or RaftSettings(),
+                            raft_rpc=f"ipc://{node_dir}/raft.sock",
+                            raft_pub=f"ipc://{node_dir}/raft-pub.sock",
+                            store_rpc=f"ipc://{node_dir}/store.sock",
+                            store_pub=f"ipc://{node_dir}/store-pub.sock")
+        path = node_dir / "zraft.toml"
+        path.write_text(render(config))
+        paths.append(path)
+    return paths
+
+
+def supervisord_conf(directory: Path, config_paths: list[Path]) -> str:
+    """supervisord runs every process in the foreground and restarts it when it exits
+    unexpectedly (a kill -9 or a non-zero exit); exit code 0 means a clean stop."""
+    d = directory.resolve()
+    lines = [
+        "[unix_http_server]", f"file={d}/supervisor.sock", "",
+        "[supervisord]", f"logfile={d}/supervisord.log", f"pidfile={d}/supervisord.pid",
+        "logfile_maxbytes=10MB", "logfile_backups=2", "loglevel=info", f"directory={d}", "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+        "[supervisorctl]", f"serverurl=unix://{d}/supervisor.sock", "",
+    ]
+    for node_id, path in enumerate(config_paths, start=1):
+        node_dir = path.parent
+        for priority, proc in enumerate(PROCESSES, start=1):
+            lines += [
+                f"[program:node{node_id}-{proc}]",
+                f"command={sys.executable} -m zraft run {proc} --config {path}",
+                f"priority={priority * 10}",
+                "autostart=true", "autorestart=unexpected", "exitcodes=0",
+                "startsecs=0", "startretries=1000", "stopsignal=TERM", "stopwaitsecs=10",
+                "stopasgroup=true", "killasgroup=true", "redirect_stderr=true",
+                f"stdout_logfile={node_dir}/{proc}.log", "stdout_logfile_maxbytes=20MB",
+                "stdout_logfile_backups=1", "",
+            ]
+    return "\n".join(lines)
+
+
+def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
+       raft: RaftSettings | None = None) -> list[NodeStatus]:
+    """Write configs, start supervisord with nodes x 3 programs, and wait for a leader."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if _supervisord_pid(directory) is not None:
+        raise ClusterError(f"a cluster is already running in {directory}; run `zraft cluster down` first")
+    config_paths = write_configs(directory, nodes, http_port, raft)
+    conf = directory / "supervisord.conf"
+    conf.write_text(supervisord_conf(directory, config_paths))
+    subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf.resolve())],
+                   check=True, cwd=directory)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        statuses = status(directory)
+        if any(s.leader for s in statuses):
+            return statuses
+        time.sleep(0.2)
+    raise ClusterError(f"no leader elected within {timeout_s:.0f} s; see the logs in {directory}")
+
+
+def status(directory: Path) -> list[NodeStatus]:
+    """Each node's HTTP address, whether it is the leader, and its processes' PIDs."""
+    pids = _program_pids(directory)
+    result = []
+    for path in sorted(directory.glob("node*/zraft.toml"), key=lambda p: int(p.parent.name[4:])):
+        config = load(path)
+        result.append(NodeStatus(config.id, config.me().http, _is_leader(config),
+                                 {proc: pids.get(f"node{config.id}-{proc}") for proc in PROCESSES}))
+    return result
+
+
+def down(directory: Path, timeout_s: float = 30.0) -> None:
+    """Stop supervisord and every process it started, and make sure none is left behind."""
+    pids = [pid for pid in _program_pids(directory).values() if pid]
+    supervisor_pid = _supervisord_pid(directory)
+    if supervisor_pid is not None:
+        os.kill(supervisor_pid, signal.SIGTERM)  # supervisord stops its children, then exits
+        pids.append(supervisor_pid)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    (directory / "supervisord.pid").unlink(missing_ok=True)
+
+
+# == helpers ===================================================================================
+def _supervisord_pid(directory: Path) -> int | None:
+    try:
+        pid = int((directory / "supervisord.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+_STATUS_LINE = re.compile(r"^(\S+)\s+RUNNING\s+pid (\d+)")
+
+
+def _program_pids(directory: Path) -> dict[str, int]:
+    conf = directory / "supervisord.conf"
+    if _supervisord_pid(directory) is None or not conf.exists():
+        return {}
+    out = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf.resolve()),
+                          "status"], capture_output=True, text=True, timeout=30).stdout
+    pids = {}
+    for line in out.splitlines():
+        match = _STATUS_LINE.match(line)
+        if match:
+            pids[match.group(1)] = int(match.group(2))
+    return pids
+
+
+def _is_leader(config: NodeConfig) -> bool:
+    """Ask the node's raft process itself, so the answer does not depend on the API process."""
+    import zmq
+
+    from zraft.wire import decode, encode
+    from zraft.wire.messages import StatusReply, StatusRequest
+
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(config.raft_rpc)
+        sock.send_multipart(encode(StatusRequest(id=1)))
+        if not sock.poll(1000):
+            return False
+        reply = decode(sock.recv_multipart())
+    except Exception:  # noqa: BLE001 - any failure means "not known to be leader"
+        return False
+    finally:
+        sock.close()
+    return isinstance(reply, StatusReply) and reply.status.get("role") in ("leader", "Leader", "LEADER")

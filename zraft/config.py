@@ -1,0 +1,193 @@
+"""Node configuration: one TOML file per node, read by each of its three processes.
+
+Every setting has a default and a unit in its name (`_ms`, `_bytes`, `_ticks`), so that a file
+needs only what differs. `config/zraft.example.toml` documents every key. Validation happens
+here, once, so that a process never starts half-configured: a bad file is a clear error and a
+non-zero exit, which supervisord or systemd report.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """How to reach one cluster member: its Raft inbox, its HTTP API and its native API."""
+
+    id: int
+    raft: str
+    http: str
+    api_zmq: str
+
+
+@dataclass(frozen=True, slots=True)
+class RaftSettings:
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    max_inflight: int = 64
+    max_msg_bytes: int = 1 << 20
+    max_pending_proposals: int = 10_000
+    fetch_max_bytes: int = 4 << 20
+    segment_bytes: int = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    apply_batch_entries: int = 512
+    results_kept: int = 100_000
+    max_wait_ms: int = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    max_body_bytes: int = 16 << 20
+    request_timeout_ms: int = 10_000
+    max_statements: int = 100_000
+    max_in_flight: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything one node's processes need. `peers` lists every voter at bootstrap,
+    this node included."""
+
+    id: int
+    data_dir: Path
+    peers: tuple[Peer, ...]
+    raft_rpc: str = ""
+    raft_pub: str = ""
+    store_rpc: str = ""
+    store_pub: str = ""
+    bootstrap: bool = True
+    raft: RaftSettings = field(default_factory=RaftSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+
+    def me(self) -> Peer:
+        for peer in self.peers:
+            if peer.id == self.id:
+                return peer
+        raise ConfigError(f"node {self.id} is not in its own peers list")
+
+    def peer(self, node_id: int) -> Peer | None:
+        return next((p for p in self.peers if p.id == node_id), None)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "db.sqlite"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "raft"
+
+
+def load(path: str | Path) -> NodeConfig:
+    """Read and validate a node's TOML file."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return from_dict(raw, base=Path(path).parent)
+
+
+def from_dict(raw: dict[str, Any], base: Path = Path(".")) -> NodeConfig:
+    raw = dict(raw)
+    node = _section(raw, "node")
+    peers = raw.pop("peers", None)
+    if not isinstance(peers, list) or not peers:
+        raise ConfigError("[[peers]] must list every cluster member")
+    data_dir = Path(str(node.pop("data_dir", "data")))
+    config = NodeConfig(
+        id=_require_int(node.pop("id", None), "node.id"),
+        data_dir=data_dir if data_dir.is_absolute() else base / data_dir,
+        peers=tuple(_peer(p) for p in peers),
+        raft_rpc=str(node.pop("raft_rpc", "")),
+        raft_pub=str(node.pop("raft_pub", "")),
+        store_rpc=str(node.pop("store_rpc", "")),
+        store_pub=str(node.pop("store_pub", "")),
+        bootstrap=bool(node.pop("bootstrap", True)),
+        raft=_settings(RaftSettings, _section(raw, "raft")),
+        store=_settings(StoreSettings, _section(raw, "store")),
+        api=_settings(ApiSettings, _section(raw, "api")),
+    )
+    _reject_unknown("node", node)
+    _reject_unknown("top level", raw)
+    return _with_local_defaults(config)
+
+
+def _with_local_defaults(config: NodeConfig) -> NodeConfig:
+    """Local links default to ipc sockets in the data folder."""
+    run = config.data_dir.resolve()
+    config.me()  # validates membership
+    return replace(
+        config,
+        raft_rpc=config.raft_rpc or f"ipc://{run}/raft.sock",
+        raft_pub=config.raft_pub or f"ipc://{run}/raft-pub.sock",
+        store_rpc=config.store_rpc or f"ipc://{run}/store.sock",
+        store_pub=config.store_pub or f"ipc://{run}/store-pub.sock",
+    )
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.pop(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return dict(value)
+
+
+def _require_int(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _peer(raw: Any) -> Peer:
+    if not isinstance(raw, dict):
+        raise ConfigError("each [[peers]] entry must be a table")
+    try:
+        return Peer(id=_require_int(raw["id"], "peers.id"), raft=str(raw["raft"]),
+                    http=str(raw["http"]), api_zmq=str(raw["api_zmq"]))
+    except KeyError as exc:
+        raise ConfigError(f"[[peers]] entry lacks {exc}") from None
+
+
+def _settings(cls: type[Any], raw: dict[str, Any]) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown keys in [{cls.__name__}]: {sorted(unknown)}")
+    for key, value in raw.items():
+        _require_int(value, key)
+    return cls(**raw)
+
+
+def _reject_unknown(where: str, raw: dict[str, Any]) -> None:
+    if raw:
+        raise ConfigError(f"unknown keys at {where}: {sorted(raw)}")
+
+
+def render(config: NodeConfig) -> str:
+    """A node config as TOML (used by `zraft cluster up` to write each node's file)."""
+    lines = ["[node]", f"id = {config.id}", f'data_dir = "{config.data_dir}"',
+             f"bootstrap = {'true' if config.bootstrap else 'false'}"]
+    for name in ("raft_rpc", "raft_pub", "store_rpc", "store_pub"):
+        lines.append(f'{name} = "{getattr(config, name)}"')
+    for section in ("raft", "store", "api"):
+        lines.append(f"\n[{section}]")
+        settings = getattr(config, section)
+        lines.extend(f"{f.name} = {getattr(settings, f.name)}" for f in fields(settings))
+    for peer in config.peers:
+        lines += ["\n[[peers]]", f"id = {peer.id}", f'raft = "{peer.raft}"',
+                  f'http = "{peer.http}"', f'api_zmq = "{peer.api_zmq}"']
+    return "\n".join(lines) + "\n"
