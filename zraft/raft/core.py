@@ -99,6 +99,7 @@ class RaftCore:
         self._prev_hard = HardState(hs.term, hs.vote, self.log.committed)
         self._prev_soft = SoftState(NONE, Role.FOLLOWER)
         self._ready_in_flight = False
+        self._append_pending = False
         self._reset_randomized_timeout()
 
     # == public inputs =======================================================================
@@ -189,6 +190,7 @@ class RaftCore:
         if self._ready_in_flight:
             return False
         return bool(self._msgs or self._msgs_after or self._read_states or self._read_batch
+                    or self._append_pending
                     or self.log.stable < self.log.last_index() or self.log.pending_snapshot
                     or self._hard_state() != self._prev_hard or self._soft_state() != self._prev_soft
                     or self._applicable_hi() > self.log.applied)
@@ -197,6 +199,7 @@ class RaftCore:
         """Collect everything the shell must do now. Call advance() before the next ready()."""
         if self._ready_in_flight:
             raise LogInvariantError("ready() called again before advance()")
+        self._flush_appends()
         self._flush_read_batch()
         hard = self._hard_state()
         soft = self._soft_state()
@@ -509,8 +512,15 @@ class RaftCore:
         self.log.append([Entry(self.term, index, kind, data)])
         if kind == EntryKind.CONF:
             self._conf_maybe_changed()
-        self._broadcast_append()
+        self._append_pending = True
         return index
+
+    def _flush_appends(self) -> None:
+        """Batching: every entry appended since the last Ready leaves in one AppendEntries
+        per follower (as far as flow control allows), not one message per proposal."""
+        if self._append_pending and self.role == Role.LEADER:
+            self._broadcast_append()
+        self._append_pending = False
 
     def _broadcast_append(self, send_if_empty: bool = False) -> None:
         for node in self.progress:
@@ -562,7 +572,9 @@ class RaftCore:
                     progress.become_probe()
                 self._send_append(msg.frm, send_if_empty=True)
             return
-        if not progress.maybe_update(msg.index):
+        # In PROBE, an ack of exactly `match` still proves where the logs agree (etcd does the same).
+        probe_confirmed = progress.state == ProgressState.PROBE and msg.index == progress.match
+        if not progress.maybe_update(msg.index) and not probe_confirmed:
             return
         if progress.state == ProgressState.PROBE:
             progress.become_replicate()
