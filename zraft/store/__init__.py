@@ -1,0 +1,36 @@
+"""SQLite state machine of a zraft node: replicated commands, apply, query, snapshots.
+
+Public surface:
+- ``Command``/``Statement`` and ``encode_command``/``decode_command``: the log-entry payload;
+- ``Database``: apply committed entries, answer reads, take and restore snapshots;
+- ``ApplyResult``/``render``: per-statement results in rqlite's JSON shapes.
+"""
+
+from __future__ import annotations
+
+from zraft.store.apply import ApplyResult
+from zraft.store.command import (
+    COMMAND_VERSION,
+    Command,
+    CommandError,
+    Statement,
+    UnsupportedCommandVersion,
+    decode_command,
+    encode_command,
+)
+from zraft.store.db import Database, StoreError
+from zraft.store.results import render
+
+__all__ = [
+    "COMMAND_VERSION",
+    "ApplyResult",
+    "Command",
+    "CommandError",
+    "Database",
+    "Statement",
+    "StoreError",
+    "UnsupportedCommandVersion",
+    "decode_command",
+    "encode_command",
+    "render",
+]
