@@ -158,6 +158,7 @@ class WaitApplied(WireMessage):
     index: int
     term: int
     timeout_ms: int = 10_000
+    options: dict[str, Json] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -200,6 +201,8 @@ class ClientExecute(WireMessage):
     statements: list[Json]
     transaction: bool = False
     timeout_ms: int = 10_000
+    # As in ClientQuery: rqlite's rendering flags; "forwarded": true marks a follower's hop.
+    options: dict[str, Json] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
