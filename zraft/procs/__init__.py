@@ -1,0 +1,3 @@
+"""The OS processes of a node. Each module has `run(config) -> int` (the exit code), called by
+the CLI: raft_proc (the Raft core, the log store and the peer transport), store_proc (SQLite,
+apply) and api_proc (HTTP and native client APIs)."""

@@ -1,0 +1,150 @@
+"""Socket factories, one per role a socket plays, and the two non-blocking I/O helpers.
+
+Ownership: a socket belongs to the thread that made it (ZeroMQ sockets are not thread-safe);
+every factory takes the zmq.Context to make it in and returns a ready, configured socket.
+
+Why each option (libzmq doc/zmq_setsockopt.adoc; zguide chapters 2 and 4):
+- LINGER=0 everywhere: a closing process never waits for unsent messages.
+- Peer DEALERs: IMMEDIATE=1 queues only to completed connections and drops the pipe when a
+  connection breaks, so a peer that comes back never receives a stale backlog (Raft
+  retransmits what matters); a small SNDHWM bounds memory while a peer is slow.
+- Peer inbox ROUTER: ROUTER_HANDOVER=1 lets a restarted peer take over its routing id at once,
+  even before the old connection is noticed dead.
+- RPC ROUTER: ROUTER_MANDATORY=1 makes a reply to a vanished client an error we count rather
+  than a silent drop.
+- ZMTP heartbeats on tcp links notice a dead connection that TCP itself would keep for minutes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import zmq
+
+PEER_SNDHWM = 1000
+"""Messages queued per peer connection before sends report a drop."""
+PEER_RCVHWM = 10_000
+RPC_HWM = 10_000
+PUB_SNDHWM = 10_000
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 1000
+
+Frames = list[bytes]
+
+
+def _base(sock: zmq.Socket[bytes]) -> zmq.Socket[bytes]:
+    sock.setsockopt(zmq.LINGER, 0)
+    return sock
+
+
+def _heartbeats(sock: zmq.Socket[bytes]) -> None:
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+
+
+def bind(sock: zmq.Socket[bytes], address: str) -> None:
+    """Bind `address`, creating the folder of an ipc:// path first. Raises zmq.ZMQError."""
+    if address.startswith("ipc://"):
+        path = Path(address.removeprefix("ipc://"))
+        if path.parent != Path(""):
+            os.makedirs(path.parent, exist_ok=True)
+    sock.bind(address)
+
+
+def peer_inbox(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+    """ROUTER bound to this node's Raft address; receives [routing id, *message frames]."""
+    sock = _base(ctx.socket(zmq.ROUTER))
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    sock.setsockopt(zmq.RCVHWM, PEER_RCVHWM)
+    _heartbeats(sock)
+    try:
+        bind(sock, address)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def peer_dealer(ctx: zmq.Context[zmq.Socket[bytes]], my_id: int, address: str) -> zmq.Socket[bytes]:
+    """DEALER connected to one peer's inbox; its routing id is our node id in decimal."""
+    sock = _base(ctx.socket(zmq.DEALER))
+    sock.setsockopt(zmq.ROUTING_ID, str(my_id).encode())
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    _heartbeats(sock)
+    sock.connect(address)
+    return sock
+
+
+def rpc_server(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+    """ROUTER serving request/reply RPCs from local processes (DEALER clients)."""
+    sock = _base(ctx.socket(zmq.ROUTER))
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.SNDHWM, RPC_HWM)
+    sock.setsockopt(zmq.RCVHWM, RPC_HWM)
+    try:
+        bind(sock, address)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def rpc_dealer(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+    """DEALER for an RPC client; no envelope delimiter, frames are the message itself."""
+    sock = _base(ctx.socket(zmq.DEALER))
+    sock.setsockopt(zmq.SNDHWM, RPC_HWM)
+    sock.setsockopt(zmq.RCVHWM, RPC_HWM)
+    sock.connect(address)
+    return sock
+
+
+def publisher(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+    """PUB for notices; drops (never blocks) for a slow subscriber at the HWM."""
+    sock = _base(ctx.socket(zmq.PUB))
+    sock.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
+    try:
+        bind(sock, address)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def subscriber(ctx: zmq.Context[zmq.Socket[bytes]], address: str, prefix: bytes = b"") -> zmq.Socket[bytes]:
+    """SUB connected to a publisher, subscribed to every message (or those starting `prefix`)."""
+    sock = _base(ctx.socket(zmq.SUB))
+    sock.setsockopt(zmq.SUBSCRIBE, prefix)
+    sock.connect(address)
+    return sock
+
+
+def send_nowait(sock: zmq.Socket[bytes], frames: Frames) -> bool:
+    """Send without blocking; False when the message was dropped (HWM reached, no completed
+    connection under IMMEDIATE, or an unroutable ROUTER_MANDATORY destination)."""
+    try:
+        sock.send_multipart(frames, zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EHOSTUNREACH:
+            return False
+        raise
+    return True
+
+
+def recv_batch(sock: zmq.Socket[bytes], limit: int) -> list[Frames]:
+    """Drain up to `limit` waiting messages without blocking."""
+    out: list[Frames] = []
+    while len(out) < limit:
+        try:
+            out.append(sock.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            break
+    return out
