@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +49,24 @@ def node_peers(nodes: int, http_port: int, host: str = "127.0.0.1") -> tuple[Pee
         peers.append(Peer(id=i, raft=f"tcp://{host}:{http + 1}", http=f"{host}:{http}",
                           api_zmq=f"tcp://{host}:{http + 100}"))
     return tuple(peers)
+
+
+def cluster_ports(nodes: int, http_port: int) -> list[int]:
+    """Every TCP port a local cluster binds: HTTP, Raft and native API of each node."""
+    ports = []
+    for i in range(nodes):
+        http = http_port + 2 * i
+        ports += [http, http + 1, http + 100]
+    return ports
+
+
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def write_configs(directory: Path, nodes: int, http_port: int,
@@ -102,6 +121,10 @@ def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
     directory.mkdir(parents=True, exist_ok=True)
     if _supervisord_pid(directory) is not None:
         raise ClusterError(f"a cluster is already running in {directory}; run `zraft cluster down` first")
+    busy = sorted(port for port in cluster_ports(nodes, http_port) if not _port_free(port))
+    if busy:
+        raise ClusterError(f"ports already in use: {', '.join(map(str, busy))}; "
+                           "choose another --http-port or stop whatever holds them")
     config_paths = write_configs(directory, nodes, http_port, raft)
     conf = directory / "supervisord.conf"
     conf.write_text(supervisord_conf(directory, config_paths))

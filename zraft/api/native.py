@@ -1,0 +1,64 @@
+"""The native ZeroMQ endpoint: ClientExecute, ClientQuery and StatusRequest on the node's
+api_zmq ROUTER, served by the same Service as HTTP.
+
+Used by followers forwarding to the leader (they set options["forwarded"], so the request
+is never forwarded again) and by native clients (zraft.client). Every failure is answered
+with a wire `Error` whose code is the zraft.api.errors code and whose `leader` names the
+leader when known.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from zraft.api.errors import ApiError, BadRequest
+from zraft.api.service import LEVELS, Request, Service
+from zraft.api.statements import from_wire
+from zraft.wire.messages import (
+    ClientExecute,
+    ClientQuery,
+    ClientResults,
+    Error,
+    StatusReply,
+    StatusRequest,
+    WireMessage,
+)
+
+
+class NativeHandler:
+    """Turns one native request into one reply; never raises for a request's failure."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def __call__(self, msg: WireMessage) -> WireMessage:
+        request_id = getattr(msg, "id", 0)
+        try:
+            if isinstance(msg, StatusRequest):
+                return StatusReply(id=request_id, status=await self.service.status_document())
+            if isinstance(msg, ClientExecute | ClientQuery):
+                with self.service.admit():
+                    return await self._client_request(msg)
+            raise BadRequest(f"the api endpoint does not serve {type(msg).__name__}")
+        except ApiError as exc:
+            return Error(id=request_id, code=exc.code, message=exc.message, leader=exc.leader)
+
+    async def _client_request(self, msg: ClientExecute | ClientQuery) -> WireMessage:
+        options: dict[str, Any] = dict(msg.options)
+        forwarded = bool(options.pop("forwarded", False))
+        timeout_s = min(msg.timeout_ms, self.service.config.store.max_wait_ms) / 1000
+        req = Request(
+            statements=from_wire(msg.statements, self.service.config.api.max_statements),
+            deadline=time.monotonic() + timeout_s, options=options, forwarded=forwarded,
+            transaction=bool(options.get("transaction", False)),
+        )
+        if isinstance(msg, ClientExecute):
+            req.transaction = msg.transaction
+            outcome = await self.service.execute(req)
+        else:
+            req.level = "weak" if msg.level.lower() == "auto" else msg.level.lower()
+            if req.level not in LEVELS:
+                raise BadRequest(f"invalid level {msg.level!r}")
+            outcome = await self.service.query(req)
+        return ClientResults(id=msg.id, results=outcome.results, raft_index=outcome.raft_index)

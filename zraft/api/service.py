@@ -1,0 +1,446 @@
+"""Request logic of the API process, shared by the HTTP adapter and the native endpoint.
+
+Rules of this module:
+- it talks to the raft process, the store process and other nodes only through the small
+  Protocols below (RaftClient, StoreClient, PeerClient), so it is tested against fakes and
+  knows nothing of sockets or HTTP;
+- every request carries one absolute deadline (`time.monotonic()` seconds); each hop gets
+  only what remains of it;
+- a request never hops more than once between nodes: a forwarded request is marked, and a
+  node that is not the leader answers it with NotLeader instead of forwarding it again;
+- what went through the log is never retried (its outcome may be unknown); a forward that
+  the far end refused as not-leader is, since nothing was appended;
+- failures are zraft.api.errors exceptions.
+
+Flows (rqlite store.go / proxy.go, with Raft read-index and result waits; design-anchors 7.4):
+- write: Propose -> Proposed(index, term) -> WaitApplied(index, term) -> per-statement results;
+  not the leader -> forward ClientExecute to the leader's native endpoint;
+- query `none`: local store at once; `weak`: local store if this node leads (leader known from
+  the commit-notice stream, else asked), else forwarded; `linearizable`: ReadIndex (the raft
+  process forwards it from a follower), then Query(min_applied=index) locally; `strong`:
+  through the log like a write, on the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from zraft import __version__
+from zraft.api.errors import LEADER_NOT_FOUND, ApiError, BadRequest, Busy, NotLeader, Timeout
+from zraft.api.statements import to_wire
+from zraft.config import NodeConfig
+from zraft.raft.types import Role
+from zraft.store.command import Command, CommandError, Statement, encode_command
+from zraft.wire.messages import CommitNotice, WireMessage
+
+LEVELS = ("none", "weak", "linearizable", "strong")
+STORE_OPTIONS = ("associative", "blob_array", "timings", "transaction", "qualify_columns", "db_timeout_ms")
+"""Request options passed on to the store (and to the leader when forwarding)."""
+MAX_FORWARD_ATTEMPTS = 3
+STATUS_TIMEOUT_S = 2.0
+
+
+class RaftClient(Protocol):
+    async def propose(self, data: bytes, timeout: float) -> tuple[int, int]: ...
+    async def read_index(self, timeout: float) -> int: ...
+    async def status(self, timeout: float) -> dict[str, Any]: ...
+
+
+class StoreClient(Protocol):
+    async def wait_applied(self, index: int, term: int, timeout: float, options: dict[str, Any]) -> Any: ...
+    async def query(self, statements: list[Any], min_applied: int, timeout: float,
+                    options: dict[str, Any]) -> list[Any]: ...
+    async def status(self, timeout: float) -> dict[str, Any]: ...
+
+
+class PeerClient(Protocol):
+    async def execute(self, statements: list[Any], transaction: bool, timeout: float,
+                      options: dict[str, Any]) -> tuple[list[Any], int]: ...
+    async def query(self, statements: list[Any], level: str, timeout: float,
+                    options: dict[str, Any]) -> tuple[list[Any], int]: ...
+    async def status(self, timeout: float) -> dict[str, Any]: ...
+
+
+Forward = Callable[[int, "Request"], Awaitable["Outcome"]]
+
+
+class PeerDirectory(Protocol):
+    def get(self, node_id: int) -> PeerClient | None: ...
+
+
+@dataclass(slots=True)
+class Request:
+    """One execute or query, however it arrived (HTTP or native)."""
+
+    statements: list[Statement]
+    deadline: float
+    transaction: bool = False
+    level: str = "weak"
+    options: dict[str, Any] = field(default_factory=dict)
+    forwarded: bool = False
+    """Came from another node: never forward it again."""
+    redirect: bool = False
+    """Raise NotLeader(leader) instead of forwarding (rqlite's ?redirect)."""
+
+    def remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout("request timed out")
+        return left
+
+
+@dataclass(slots=True)
+class Outcome:
+    results: list[Any]
+    raft_index: int = 0
+    served_by: int = 0
+    """Node id that executed the request."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaftView:
+    """What the raft process said about itself, tolerant of key names."""
+
+    leader: int
+    term: int
+    role: str
+    commit: int
+    applied: int
+    last_index: int
+    raw: dict[str, Any]
+
+
+def parse_raft_status(status: dict[str, Any], node_id: int) -> RaftView:
+    leader = _int_of(status, "leader", "leader_id", "lead")
+    role = _role_name(status.get("role", status.get("state")))
+    if role == "Unknown" and leader:
+        role = "Leader" if leader == node_id else "Follower"
+    return RaftView(leader=leader, term=_int_of(status, "term"), role=role,
+                    commit=_int_of(status, "commit", "commit_index"),
+                    applied=_int_of(status, "applied", "applied_index"),
+                    last_index=_int_of(status, "last_index", "last_log_index"), raw=status)
+
+
+def _int_of(status: dict[str, Any], *keys: str) -> int:
+    for key in keys:
+        value = status.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 0
+
+
+def _role_name(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            value = Role(value).name
+        except ValueError:
+            return "Unknown"
+    if not isinstance(value, str):
+        return "Unknown"
+    key = value.lower().replace("_", "").replace("-", "")
+    return {"leader": "Leader", "follower": "Follower", "candidate": "Candidate",
+            "precandidate": "Candidate", "shutdown": "Shutdown"}.get(key, value)
+
+
+class LeaderCache:
+    """The leader as last heard (commit notices or a status reply), for a short time."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.leader = 0
+        self.term = 0
+        self._at = float("-inf")
+
+    def update(self, leader: int, term: int) -> None:
+        if term >= self.term:
+            self.leader, self.term, self._at = leader, term, time.monotonic()
+
+    def fresh(self) -> int | None:
+        """The leader's id while the knowledge is fresh and names a leader, else None."""
+        if self.leader and time.monotonic() - self._at <= self.ttl:
+            return self.leader
+        return None
+
+
+class Service:
+    """The API's request logic. One instance per process, used from one event loop."""
+
+    def __init__(self, config: NodeConfig, raft: RaftClient, store: StoreClient,
+                 peers: PeerDirectory) -> None:
+        self.config = config
+        self.node_id = config.id
+        self.raft = raft
+        self.store = store
+        self.peers = peers
+        ttl = max(0.3, config.raft.tick_ms * config.raft.election_ticks / 1000)  # raft notices every 200 ms
+        self.leader_cache = LeaderCache(ttl)
+        self.in_flight = 0
+        self.started = datetime.now(UTC)
+        self._started_mono = time.monotonic()
+
+    # == admission =============================================================================
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count one request in flight; Busy when config.api.max_in_flight are already."""
+        if self.in_flight >= self.config.api.max_in_flight:
+            raise Busy("too many requests in flight")
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def deadline(self, timeout_s: float | None) -> float:
+        """Absolute deadline for a request: its own timeout, else the configured one."""
+        default = self.config.api.request_timeout_ms / 1000
+        return time.monotonic() + (timeout_s if timeout_s and timeout_s > 0 else default)
+
+    def on_notice(self, msg: WireMessage) -> None:
+        """Feed from the raft PUB stream."""
+        if isinstance(msg, CommitNotice):
+            self.leader_cache.update(msg.leader, msg.term)
+
+    # == writes ================================================================================
+    async def execute(self, req: Request) -> Outcome:
+        data = _command(req.statements, req.transaction)
+        return await self._through_log(req, data, self._forward_execute)
+
+    async def _through_log(self, req: Request, data: bytes, forward: Forward) -> Outcome:
+        for attempt in range(MAX_FORWARD_ATTEMPTS):
+            try:
+                index, term = await self.raft.propose(data, req.remaining())
+            except NotLeader as exc:
+                leader = self._forward_target(exc.leader, req)
+                try:
+                    return await forward(leader, req)
+                except NotLeader:
+                    if attempt == MAX_FORWARD_ATTEMPTS - 1:
+                        raise
+                    continue  # leadership moved; nothing was appended, so ask again
+            self.leader_cache.update(self.node_id, term)
+            result = await self.store.wait_applied(index, term, req.remaining(), self._options(req))
+            return Outcome(_results(result), index, self.node_id)
+        raise NotLeader(LEADER_NOT_FOUND)  # pragma: no cover - the loop always returns or raises
+
+    def _forward_target(self, leader: int, req: Request) -> int:
+        if not leader or leader == self.node_id or self.peers.get(leader) is None:
+            raise NotLeader(LEADER_NOT_FOUND)
+        if req.forwarded or req.redirect:
+            raise NotLeader("not leader", leader=leader)
+        return leader
+
+    async def _forward_execute(self, leader: int, req: Request) -> Outcome:
+        peer = self._peer(leader)
+        results, index = await peer.execute(to_wire(req.statements), req.transaction,
+                                            req.remaining(), self._options(req, forwarded=True))
+        return Outcome(results, index, leader)
+
+    async def _forward_query(self, leader: int, req: Request) -> Outcome:
+        peer = self._peer(leader)
+        results, index = await peer.query(to_wire(req.statements), req.level, req.remaining(),
+                                          self._options(req, forwarded=True))
+        return Outcome(results, index, leader)
+
+    def _peer(self, node_id: int) -> PeerClient:
+        peer = self.peers.get(node_id)
+        if peer is None:
+            raise NotLeader(LEADER_NOT_FOUND)
+        return peer
+
+    def _options(self, req: Request, forwarded: bool = False) -> dict[str, Any]:
+        options = {k: v for k, v in req.options.items() if k in STORE_OPTIONS}
+        if req.transaction:
+            options["transaction"] = True
+        if forwarded:
+            options["forwarded"] = True
+        return options
+
+    # == reads =================================================================================
+    async def query(self, req: Request) -> Outcome:
+        if req.level not in LEVELS:
+            raise BadRequest(f"invalid level {req.level!r}: use none, weak, linearizable or strong")
+        if req.level == "none":
+            return await self._local_query(req, 0)
+        if req.level == "strong":
+            return await self._through_log(req, _command(req.statements, req.transaction),
+                                           self._forward_query)
+        if req.level == "weak":
+            return await self._weak_query(req)
+        return await self._linearizable_query(req)
+
+    async def _weak_query(self, req: Request) -> Outcome:
+        for attempt in range(MAX_FORWARD_ATTEMPTS):
+            leader = await self.current_leader(req.remaining(), fresh=attempt > 0)
+            if leader == self.node_id:
+                return await self._local_query(req, 0)
+            try:
+                return await self._forward_query(self._forward_target(leader, req), req)
+            except NotLeader:
+                if attempt == MAX_FORWARD_ATTEMPTS - 1:
+                    raise
+        raise NotLeader(LEADER_NOT_FOUND)  # pragma: no cover
+
+    async def _linearizable_query(self, req: Request) -> Outcome:
+        try:
+            index = await self.raft.read_index(req.remaining())
+        except NotLeader as exc:
+            return await self._forward_query(self._forward_target(exc.leader, req), req)
+        return await self._local_query(req, index)
+
+    async def _local_query(self, req: Request, min_applied: int) -> Outcome:
+        results = await self.store.query(to_wire(req.statements), min_applied, req.remaining(),
+                                         self._options(req))
+        return Outcome(results, 0, self.node_id)
+
+    # == cluster state =========================================================================
+    async def current_leader(self, timeout: float, fresh: bool = False) -> int:
+        """The leader's node id (0: none known), from the notice stream or the raft process."""
+        if not fresh:
+            cached = self.leader_cache.fresh()
+            if cached is not None:
+                return cached
+        return (await self.raft_view(timeout)).leader
+
+    async def raft_view(self, timeout: float) -> RaftView:
+        view = parse_raft_status(await self.raft.status(timeout), self.node_id)
+        self.leader_cache.update(view.leader, view.term)
+        return view
+
+    async def status_document(self) -> dict[str, Any]:
+        """rqlite-like /status: os, runtime, build, http, node and store (with raft) sections."""
+        raft, store = await asyncio.gather(self.raft_view(STATUS_TIMEOUT_S),
+                                           self.store.status(STATUS_TIMEOUT_S),
+                                           return_exceptions=True)
+        return {
+            "build": {"version": __version__, "compiler": platform.python_implementation(),
+                      "python": platform.python_version()},
+            "http": {"bind_addr": self.config.me().http, "auth": "disabled",
+                     "in_flight": self.in_flight},
+            "node": self._node_section(),
+            "os": {"pid": os.getpid(), "ppid": os.getppid(), "executable": sys.executable,
+                   "hostname": socket.gethostname(), "page_size": _page_size()},
+            "runtime": {"python": sys.version.split()[0], "num_cpu": os.cpu_count() or 1,
+                        "platform": sys.platform},
+            "store": self._store_section(raft, store),
+        }
+
+    def _node_section(self) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        return {"id": str(self.node_id), "start_time": self.started.isoformat(),
+                "current_time": now.isoformat(),
+                "uptime": f"{time.monotonic() - self._started_mono:.3f}s"}
+
+    def _store_section(self, raft: RaftView | BaseException, store: dict[str, Any] | BaseException
+                       ) -> dict[str, Any]:
+        me = self.config.me()
+        section: dict[str, Any] = {
+            "node_id": str(self.node_id), "addr": _strip_scheme(me.raft), "dir": str(self.config.data_dir),
+            "nodes": [{"id": str(p.id), "addr": _strip_scheme(p.raft)} for p in self.config.peers],
+        }
+        if isinstance(raft, RaftView):
+            leader = self.config.peer(raft.leader)
+            section["leader"] = {"node_id": str(raft.leader) if raft.leader else "",
+                                 "addr": _strip_scheme(leader.raft) if leader else ""}
+            section["ready"] = bool(raft.leader)
+            section["raft"] = {**raft.raw, "state": raft.role, "term": raft.term,
+                               "commit_index": raft.commit, "applied_index": raft.applied,
+                               "last_log_index": raft.last_index, "voter": True,
+                               "num_peers": len(self.config.peers) - 1}
+        else:
+            section["ready"] = False
+            section["raft"] = {"error": _describe(raft)}
+        if isinstance(store, dict):
+            applied = _int_of(store, "applied", "applied_index")
+            section.update(open=True, fsm_index=applied, db_applied_index=applied, fsm=store)
+        else:
+            section.update(open=False, fsm={"error": _describe(store)})
+        return section
+
+    async def nodes(self, timeout: float) -> list[dict[str, Any]]:
+        """rqlite's /nodes objects: one per configured peer, reachability tested in parallel."""
+        try:
+            leader = await self.current_leader(min(timeout, STATUS_TIMEOUT_S))
+        except ApiError:
+            leader = 0
+        return list(await asyncio.gather(*(self._probe(p.id, leader, timeout) for p in self.config.peers)))
+
+    async def _probe(self, node_id: int, leader: int, timeout: float) -> dict[str, Any]:
+        peer = self.config.peer(node_id)
+        assert peer is not None
+        node: dict[str, Any] = {"id": str(node_id), "api_addr": f"http://{peer.http}",
+                                "addr": _strip_scheme(peer.raft), "voter": True,
+                                "reachable": True, "leader": node_id == leader}
+        start = time.perf_counter()
+        if node_id != self.node_id:
+            client = self.peers.get(node_id)
+            try:
+                if client is None:
+                    raise ApiError("no address")
+                await client.status(timeout)
+            except ApiError as exc:
+                node.update(reachable=False, error=exc.message)
+        elapsed = time.perf_counter() - start
+        if node["reachable"]:
+            node.update(version=__version__, time=elapsed, time_s=f"{elapsed * 1e6:.0f}µs")
+        return node
+
+    async def readiness(self, noleader: bool) -> tuple[bool, str]:
+        """rqlite's /readyz lines and whether the node is ready."""
+        text = "[+]node ok\n"
+        if noleader:
+            return True, text
+        try:
+            leader = await self.current_leader(STATUS_TIMEOUT_S)
+        except ApiError as exc:
+            return False, text + f"[+]leader not contactable: {exc.message}\n"
+        if not leader:
+            return False, text + "[+]leader does not exist\n"
+        text += "[+]leader ok\n"
+        try:
+            await self.store.query([["SELECT 1", None]], 0, STATUS_TIMEOUT_S, {})
+        except ApiError as exc:
+            return False, text + f"[+]store not ready: {exc.message}\n"
+        return True, text + "[+]store ok\n[+]db ok\n"
+
+
+def _command(statements: list[Statement], transaction: bool) -> bytes:
+    try:
+        return encode_command(Command(statements=statements, transaction=transaction))
+    except CommandError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _results(result: Any) -> list[Any]:
+    """The store's per-statement result list (a bare list, or a {"results": [...]} object)."""
+    if isinstance(result, dict) and isinstance(result.get("results"), list):
+        if result.get("error"):
+            raise ApiError(str(result["error"]))
+        return list(result["results"])
+    if isinstance(result, list):
+        return result
+    return [result]
+
+
+def _strip_scheme(address: str) -> str:
+    return address.split("://", 1)[-1]
+
+
+def _describe(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+
+
+def _page_size() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4096

@@ -1,0 +1,430 @@
+"""ZeroMQ plumbing for the asyncio API process, without zmq.asyncio.
+
+Plain pyzmq sockets are driven by `loop.add_reader(socket FD)` (perf-baseline.md, key finding
+3: zmq.asyncio is ~3x slower). Rules every socket here follows:
+- the FD is edge-triggered: on a wake-up we drain with NOBLOCK until EAGAIN, and after every
+  send we re-check `zmq.EVENTS`, because a send can consume the edge of a pending message;
+- a drain handles at most BATCH messages, then yields to the loop and continues;
+- every request has a deadline; a reply that arrives after it is dropped (counted); a request
+  still queued locally when its deadline passes is never sent (no stale proposal goes out);
+- DEALERs use IMMEDIATE=1, so nothing queues for a peer that is not connected and nothing stale
+  is replayed when it comes back;
+- sockets close with LINGER=0. All objects belong to the event loop that made them.
+
+Typed wrappers (ZmqRaftClient, ZmqStoreClient, ZmqPeerClient) turn replies into values and
+wire `Error`s into zraft.api.errors exceptions; they satisfy the Protocols in service.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import zmq
+
+from zraft.api.errors import ApiError, Timeout, Unavailable, from_wire
+from zraft.transport.sockets import bind
+from zraft.wire import RemoteProtocolError, WireMessage, decode, encode
+from zraft.wire.messages import (
+    AppliedResult,
+    ClientExecute,
+    ClientQuery,
+    ClientResults,
+    Error,
+    Propose,
+    Proposed,
+    Query,
+    QueryResult,
+    ReadIndex,
+    ReadIndexReply,
+    StatusReply,
+    StatusRequest,
+    WaitApplied,
+)
+
+log = logging.getLogger(__name__)
+
+Context = zmq.Context[zmq.Socket[bytes]]
+Socket = zmq.Socket[bytes]
+Frames = list[bytes]
+M = TypeVar("M", bound=WireMessage)
+
+BATCH = 256
+"""Messages handled per wake-up before yielding to the loop."""
+HWM = 100_000
+RETRY_SEND_S = 0.02
+"""How often a request queued behind a full or unconnected socket retries its send."""
+
+
+def _dealer(ctx: Context, address: str) -> Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    if address.startswith("tcp://"):
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+    sock.connect(address)
+    return sock
+
+
+class _Pump:
+    """Common FD-reader scaffolding: one socket, one drain callback."""
+
+    def __init__(self, sock: Socket, loop: asyncio.AbstractEventLoop) -> None:
+        self._sock = sock
+        self._loop = loop
+        self._fd = sock.fileno()
+        self._scheduled = False
+        self._closed = False
+        self.dropped = 0
+        loop.add_reader(self._fd, self._on_readable)
+        self._schedule()  # something may be waiting already: the edge could be gone
+
+    def _on_readable(self) -> None:
+        self._scheduled = False
+        if self._closed:
+            return
+        try:
+            self._drain()
+        except zmq.ZMQError as exc:  # the socket is unusable; nothing sensible to retry
+            log.error("zmq socket error: %s", exc)
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self._closed:
+            self._scheduled = True
+            self._loop.call_soon(self._on_readable)
+
+    def _recheck(self) -> None:
+        """After a send: an incoming message may be waiting whose edge we consumed."""
+        if not self._closed and cast(int, self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self._schedule()
+
+    def _drain(self) -> None:
+        for _ in range(BATCH):
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(frames)
+        self._schedule()  # more may be waiting: let other callbacks run first
+
+    def _handle(self, frames: Frames) -> None:
+        raise NotImplementedError
+
+    def _close_socket(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._fd)
+        self._sock.close(linger=0)
+
+
+class AsyncRpcClient(_Pump):
+    """A DEALER with many requests in flight; replies are matched by `id`."""
+
+    def __init__(self, ctx: Context, address: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.address = address
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[WireMessage]] = {}
+        self._outbox: deque[tuple[int, Frames]] = deque()
+        self._retry: asyncio.TimerHandle | None = None
+        super().__init__(_dealer(ctx, address), loop or asyncio.get_running_loop())
+
+    async def call(self, msg: WireMessage, timeout: float) -> WireMessage:
+        """Send `msg` stamped with a fresh id; its reply, or Timeout after `timeout` seconds."""
+        if self._closed:
+            raise Unavailable(f"client for {self.address} is closed")
+        if timeout <= 0:
+            raise Timeout(f"deadline passed before asking {self.address}")
+        request_id = next(self._ids)
+        setattr(msg, "id", request_id)
+        future: asyncio.Future[WireMessage] = self._loop.create_future()
+        self._pending[request_id] = future
+        timer = self._loop.call_later(timeout, self._expire, request_id, timeout)
+        try:
+            frames = encode(msg)
+            if self._outbox or not self._send(frames):
+                self._outbox.append((request_id, frames))
+                self._arm_retry()
+            return await future
+        finally:
+            timer.cancel()
+            self._pending.pop(request_id, None)
+
+    def _send(self, frames: Frames) -> bool:
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self._recheck()
+        return True
+
+    def _expire(self, request_id: int, timeout: float) -> None:
+        future = self._pending.get(request_id)
+        if future is not None and not future.done():
+            future.set_exception(Timeout(f"no reply from {self.address} within {timeout:.3f} s"))
+
+    def _flush(self) -> None:
+        while self._outbox:
+            request_id, frames = self._outbox[0]
+            if request_id in self._pending and not self._send(frames):
+                self._arm_retry()
+                return
+            self._outbox.popleft()
+
+    def _arm_retry(self) -> None:
+        if self._retry is None and not self._closed:
+            self._retry = self._loop.call_later(RETRY_SEND_S, self._on_retry)
+
+    def _on_retry(self) -> None:
+        self._retry = None
+        if not self._closed:
+            self._flush()
+
+    def _drain(self) -> None:
+        if self._outbox:
+            self._flush()
+        super()._drain()
+
+    def _handle(self, frames: Frames) -> None:
+        if frames and frames[0] == b"":
+            frames = frames[1:]
+        try:
+            msg = decode(frames)
+        except RemoteProtocolError as exc:
+            self.dropped += 1
+            log.warning("dropping a malformed reply from %s: %s", self.address, exc)
+            return
+        future = self._pending.get(getattr(msg, "id", -1))
+        if future is None or future.done():
+            self.dropped += 1  # a late reply to an abandoned request
+            return
+        future.set_result(msg)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Fail every request in flight with Unavailable and close the socket."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(Unavailable(f"connection to {self.address} closed"))
+        self._outbox.clear()
+        self._close_socket()
+
+
+Handler = Callable[[WireMessage], Awaitable[WireMessage]]
+
+
+class AsyncRpcServer(_Pump):
+    """A ROUTER serving requests concurrently, one task each, replying to the sender."""
+
+    def __init__(self, ctx: Context, address: str, handler: Handler,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.SNDHWM, HWM)
+        sock.setsockopt(zmq.RCVHWM, HWM)
+        try:
+            bind(sock, address)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
+        self.address = address
+        self._handler = handler
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = True
+        super().__init__(sock, loop or asyncio.get_running_loop())
+
+    def _handle(self, frames: Frames) -> None:
+        cut = 2 if len(frames) > 2 and frames[1] == b"" else 1  # tolerate REQ-style delimiters
+        envelope, body = frames[:cut], frames[cut:]
+        try:
+            msg = decode(body)
+        except RemoteProtocolError as exc:
+            self.dropped += 1
+            log.warning("dropping a malformed request on %s: %s", self.address, exc)
+            return
+        if not isinstance(msg, WireMessage):
+            self.dropped += 1
+            return
+        if not self._accepting:
+            self._reply(envelope, Error(id=getattr(msg, "id", 0), code="unavailable",
+                                        message="the api process is shutting down"))
+            return
+        task = self._loop.create_task(self._serve(envelope, msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, envelope: Frames, msg: WireMessage) -> None:
+        try:
+            reply = await self._handler(msg)
+        except Exception as exc:  # a bug in a handler must not kill the endpoint
+            log.exception("native request %s failed", type(msg).__name__)
+            reply = Error(id=getattr(msg, "id", 0), code="internal", message=str(exc))
+        self._reply(envelope, reply)
+
+    def _reply(self, envelope: Frames, reply: WireMessage) -> None:
+        if self._closed:
+            return
+        try:
+            self._sock.send_multipart([*envelope, *encode(reply)], zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self.dropped += 1  # the client went away
+        self._recheck()
+
+    async def close(self, grace: float) -> None:
+        """Refuse new requests, give the running ones `grace` seconds, close the socket."""
+        self._accepting = False
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        self._close_socket()
+
+
+class AsyncSubscriber(_Pump):
+    """A SUB socket handing every decodable notice to `callback` (topic frame optional)."""
+
+    def __init__(self, ctx: Context, address: str, callback: Callable[[WireMessage], None],
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, HWM)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(address)
+        self.address = address
+        self._callback = callback
+        super().__init__(sock, loop or asyncio.get_running_loop())
+
+    def _handle(self, frames: Frames) -> None:
+        for start in (0, 1):  # with or without a topic frame before the header
+            try:
+                msg = decode(frames[start:])
+            except RemoteProtocolError:
+                continue
+            if isinstance(msg, WireMessage):
+                self._callback(msg)
+            return
+        self.dropped += 1
+
+    def close(self) -> None:
+        self._close_socket()
+
+
+# == typed clients ============================================================================
+def expect(reply: WireMessage, cls: type[M]) -> M:
+    """`reply` as `cls`, or the exception an `Error` reply stands for."""
+    if isinstance(reply, cls):
+        return reply
+    if isinstance(reply, Error):
+        raise from_wire(reply.code, reply.message, reply.leader)
+    raise ApiError(f"unexpected reply {type(reply).__name__}, wanted {cls.__name__}")
+
+
+def _ms(timeout: float) -> int:
+    return max(1, int(timeout * 1000))
+
+
+class ZmqRaftClient:
+    """The local raft process (config.raft_rpc)."""
+
+    def __init__(self, rpc: AsyncRpcClient) -> None:
+        self.rpc = rpc
+
+    async def propose(self, data: bytes, timeout: float) -> tuple[int, int]:
+        reply = expect(await self.rpc.call(Propose(id=0, data=data), timeout), Proposed)
+        return reply.index, reply.term
+
+    async def read_index(self, timeout: float) -> int:
+        return expect(await self.rpc.call(ReadIndex(id=0), timeout), ReadIndexReply).index
+
+    async def status(self, timeout: float) -> dict[str, Any]:
+        return expect(await self.rpc.call(StatusRequest(id=0), timeout), StatusReply).status
+
+
+class ZmqStoreClient:
+    """The local store process (config.store_rpc)."""
+
+    def __init__(self, rpc: AsyncRpcClient) -> None:
+        self.rpc = rpc
+
+    async def wait_applied(self, index: int, term: int, timeout: float, options: dict[str, Any]) -> Any:
+        msg = WaitApplied(id=0, index=index, term=term, timeout_ms=_ms(timeout), options=options)
+        return expect(await self.rpc.call(msg, timeout), AppliedResult).result
+
+    async def query(self, statements: list[Any], min_applied: int, timeout: float,
+                    options: dict[str, Any]) -> list[Any]:
+        msg = Query(id=0, statements=statements, min_applied=min_applied, timeout_ms=_ms(timeout),
+                    options=options)
+        return expect(await self.rpc.call(msg, timeout), QueryResult).results
+
+    async def status(self, timeout: float) -> dict[str, Any]:
+        return expect(await self.rpc.call(StatusRequest(id=0), timeout), StatusReply).status
+
+
+def _hop_budget(timeout: float) -> float:
+    """What a forwarded request may spend remotely, leaving time for its reply to travel."""
+    return timeout - min(0.05, timeout * 0.1)
+
+
+class ZmqPeerClient:
+    """Another node's native API endpoint (peer.api_zmq), used to forward to the leader."""
+
+    def __init__(self, rpc: AsyncRpcClient) -> None:
+        self.rpc = rpc
+
+    async def execute(self, statements: list[Any], transaction: bool, timeout: float,
+                      options: dict[str, Any]) -> tuple[list[Any], int]:
+        msg = ClientExecute(id=0, statements=statements, transaction=transaction,
+                            timeout_ms=_ms(_hop_budget(timeout)), options=options)
+        reply = expect(await self.rpc.call(msg, timeout), ClientResults)
+        return reply.results, reply.raft_index
+
+    async def query(self, statements: list[Any], level: str, timeout: float,
+                    options: dict[str, Any]) -> tuple[list[Any], int]:
+        msg = ClientQuery(id=0, statements=statements, level=level,
+                          timeout_ms=_ms(_hop_budget(timeout)), options=options)
+        reply = expect(await self.rpc.call(msg, timeout), ClientResults)
+        return reply.results, reply.raft_index
+
+    async def status(self, timeout: float) -> dict[str, Any]:
+        return expect(await self.rpc.call(StatusRequest(id=0), timeout), StatusReply).status
+
+
+class PeerClients:
+    """One lazily made ZmqPeerClient per peer node id, from the configured peers."""
+
+    def __init__(self, ctx: Context, addresses: dict[int, str]) -> None:
+        self._ctx = ctx
+        self._addresses = addresses
+        self._clients: dict[int, ZmqPeerClient] = {}
+
+    def get(self, node_id: int) -> ZmqPeerClient | None:
+        client = self._clients.get(node_id)
+        if client is None:
+            address = self._addresses.get(node_id)
+            if address is None:
+                return None
+            client = self._clients[node_id] = ZmqPeerClient(AsyncRpcClient(self._ctx, address))
+        return client
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.rpc.close()
+        self._clients.clear()

@@ -1,0 +1,144 @@
+"""The client API process: rqlite's HTTP API and zraft's native ZeroMQ endpoint, on asyncio.
+
+One event loop (uvloop when installed) drives aiohttp and every ZeroMQ socket (through
+`loop.add_reader`, see zraft.api.zmq_client):
+- DEALER -> config.raft_rpc   (Propose, ReadIndex, StatusRequest)
+- DEALER -> config.store_rpc  (WaitApplied, Query, StatusRequest)
+- SUB    -> config.raft_pub   (CommitNotice: the leader and term, for weak reads)
+- ROUTER on me().api_zmq      (ClientExecute, ClientQuery, StatusRequest: forwarding + native)
+- DEALER -> each peer's api_zmq, made on first use (forwarding to the leader)
+
+Lifecycle: SIGTERM or SIGINT -> stop accepting (HTTP listener and native endpoint), let the
+requests in flight finish within their deadlines, close every socket with LINGER=0, return
+0. A failure to start (a port in use, a bad address) or a crash returns 1, so that the
+supervisor restarts the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from collections.abc import Coroutine
+from typing import Any
+
+import zmq
+from aiohttp import web
+
+from zraft.api.http import HttpApi
+from zraft.api.native import NativeHandler
+from zraft.api.service import Service
+from zraft.api.zmq_client import (
+    AsyncRpcClient,
+    AsyncRpcServer,
+    AsyncSubscriber,
+    PeerClients,
+    ZmqRaftClient,
+    ZmqStoreClient,
+)
+from zraft.config import NodeConfig
+
+log = logging.getLogger(__name__)
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """"host:port" (or "[v6]:port") -> (host, port)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"not a host:port address: {address!r}")
+    return host.strip("[]"), int(port)
+
+
+class ApiProcess:
+    """Everything the API process owns. Start, then close, from one running event loop."""
+
+    def __init__(self, config: NodeConfig, http_port: int | None = None) -> None:
+        self.config = config
+        self._http_port_override = http_port
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._rpcs: list[AsyncRpcClient] = []
+        self._subscriber: AsyncSubscriber | None = None
+        self._native: AsyncRpcServer | None = None
+        self._peers: PeerClients | None = None
+        self._runner: web.AppRunner | None = None
+        self.service: Service | None = None
+        self.http_port = 0
+
+    async def start(self) -> None:
+        config = self.config
+        raft_rpc = AsyncRpcClient(self.ctx, config.raft_rpc)
+        store_rpc = AsyncRpcClient(self.ctx, config.store_rpc)
+        self._rpcs = [raft_rpc, store_rpc]
+        self._peers = PeerClients(self.ctx, {p.id: p.api_zmq for p in config.peers if p.id != config.id})
+        service = self.service = Service(config, ZmqRaftClient(raft_rpc), ZmqStoreClient(store_rpc),
+                                         self._peers)
+        if config.raft_pub:
+            self._subscriber = AsyncSubscriber(self.ctx, config.raft_pub, service.on_notice)
+        grace = config.api.request_timeout_ms / 1000 + 1
+        self._runner = web.AppRunner(HttpApi(service, config).app(), access_log=None,
+                                     shutdown_timeout=grace)
+        await self._runner.setup()
+        host, port = split_host_port(config.me().http)
+        if self._http_port_override is not None:
+            port = self._http_port_override
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        sockets = self._runner.addresses
+        self.http_port = sockets[0][1] if sockets else port
+        # After the HTTP port: binding an ipc path takes it over from a process already
+        # serving it, so a second copy of this process must fail on the TCP port first.
+        self._native = AsyncRpcServer(self.ctx, config.me().api_zmq, NativeHandler(service))
+        log.info("api process for node %d serving http on %s:%d and native on %s",
+                 config.id, host, self.http_port, config.me().api_zmq)
+
+    async def close(self) -> None:
+        """Stop accepting, finish what is in flight, close every socket (LINGER=0)."""
+        grace = self.config.api.request_timeout_ms / 1000 + 1
+        closing: list[Coroutine[Any, Any, None]] = []
+        if self._runner is not None:
+            closing.append(self._runner.cleanup())
+        if self._native is not None:
+            closing.append(self._native.close(grace))
+        await asyncio.gather(*closing, return_exceptions=True)
+        if self._subscriber is not None:
+            self._subscriber.close()
+        if self._peers is not None:
+            self._peers.close()
+        for rpc in self._rpcs:
+            rpc.close()
+        self.ctx.term()
+
+
+async def serve(config: NodeConfig) -> int:
+    """Run the process until SIGTERM/SIGINT; the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    process = ApiProcess(config)
+    try:
+        await process.start()
+    except Exception:
+        log.exception("api process for node %d failed to start", config.id)
+        await process.close()
+        return 1
+    await stop.wait()
+    log.info("api process for node %d stopping", config.id)
+    await process.close()
+    return 0
+
+
+def run(config: NodeConfig) -> int:
+    """Entry point for `zraft run api`: 0 after SIGTERM, non-zero on a fatal error."""
+    try:
+        uvloop: Any = importlib.import_module("uvloop")
+    except ImportError:
+        uvloop = None
+    try:
+        if uvloop is not None:
+            return int(uvloop.run(serve(config)))
+        return asyncio.run(serve(config))
+    except Exception:
+        log.exception("api process for node %d crashed", config.id)
+        return 1
