@@ -438,11 +438,20 @@ class RaftCore:
         last_new = msg.index + len(msg.entries)
         conflict = self.log.find_conflict(msg.entries)
         if conflict:
+            if conflict <= self.log.last_index():
+                self._drop_acks_beyond(conflict - 1)
             self.log.append(msg.entries[conflict - msg.index - 1:])
             self._conf_maybe_changed()
         self.log.commit_to(min(msg.commit, last_new))
         self._send(Message(MsgType.APP_RESP, to=msg.frm, frm=self.id, term=self.term,
                            index=last_new))
+
+    def _drop_acks_beyond(self, index: int) -> None:
+        """The log past `index` is being replaced: acknowledgements still queued for entries
+        beyond it would claim entries this node no longer has, and a stale leader could count
+        them toward a commit. Dropping a message is always safe in Raft."""
+        self._msgs_after = [m for m in self._msgs_after
+                            if not (m.type == MsgType.APP_RESP and not m.reject and m.index > index)]
 
     def _handle_heartbeat(self, msg: Message) -> None:
         self._heard_from_leader(msg)
@@ -465,6 +474,7 @@ class RaftCore:
         if self.log.match_term(snapshot.index, snapshot.term):
             self.log.commit_to(snapshot.index)
             return False
+        self._drop_acks_beyond(snapshot.index)
         self.log.restore(snapshot)
         self._conf_maybe_changed()
         return True
