@@ -158,3 +158,16 @@ def cluster_down(directory: str) -> None:
     from zraft.cluster import down
 
     down(Path(directory))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1:4001", show_default=True,
+              help="The node to connect to: HOST:PORT (or a full URL).")
+@click.option("--scheme", type=click.Choice(["http", "https"]), default="http", show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="HTTP timeout in seconds.")
+def shell(host: str, scheme: str, timeout: float) -> None:
+    """An interactive SQL shell like rqlite's (reads stdin plainly when it is not a terminal)."""
+    from zraft.shell import run
+
+    sys.exit(run(host, scheme, timeout))

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,10 +134,11 @@ def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         statuses = status(directory)
-        if any(s.leader for s in statuses):
+        if any(s.leader for s in statuses) and all(_ready(s.http) for s in statuses):
             return statuses
         time.sleep(0.2)
-    raise ClusterError(f"no leader elected within {timeout_s:.0f} s; see the logs in {directory}")
+    raise ClusterError(f"the cluster was not ready (a leader known to every node) within "
+                       f"{timeout_s:.0f} s; see the logs in {directory}")
 
 
 def status(directory: Path) -> list[NodeStatus]:
@@ -204,6 +206,15 @@ def _program_pids(directory: Path) -> dict[str, int]:
         if match:
             pids[match.group(1)] = int(match.group(2))
     return pids
+
+
+def _ready(http: str) -> bool:
+    """rqlite's /readyz: 200 once the node knows a leader and its store is up."""
+    try:
+        with urllib.request.urlopen(f"http://{http}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except (OSError, ValueError):
+        return False
 
 
 def _is_leader(config: NodeConfig) -> bool:
