@@ -63,6 +63,8 @@ def cluster_ports(nodes: int, http_port: int) -> list[int]:
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as probe:
+        # Like the servers themselves, ignore connections lingering in TIME-WAIT.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

@@ -36,8 +36,25 @@ def test_wire_form_is_versioned_and_tags_blobs() -> None:
 
 
 def test_unknown_version_is_refused_clearly() -> None:
-    with pytest.raises(UnsupportedCommandVersion, match="version 2"):
-        decode_command(b'{"v": 2, "tx": false, "stmts": []}')
+    with pytest.raises(UnsupportedCommandVersion, match="version 3"):
+        decode_command(b'{"v": 3, "tx": false, "stmts": []}')
+
+
+def test_read_only_command_is_version_2_and_plain_commands_stay_version_1() -> None:
+    plain = encode_command(Command([Statement("SELECT 1")]))
+    assert orjson.loads(plain) == {"v": 1, "tx": False, "stmts": [{"sql": "SELECT 1"}]}
+    ro = encode_command(Command([Statement("SELECT 1")], read_only=True))
+    assert orjson.loads(ro)["v"] == 2 and orjson.loads(ro)["ro"] is True
+    assert decode_command(ro) == Command([Statement("SELECT 1")], False, True)
+    assert decode_command(plain).read_only is False
+
+
+@pytest.mark.parametrize("payload", [b'{"v": 2, "tx": false, "stmts": []}',
+                                     b'{"v": 1, "ro": true, "tx": false, "stmts": []}',
+                                     b'{"v": 2, "ro": 1, "tx": false, "stmts": []}'])
+def test_read_only_flag_must_match_version(payload: bytes) -> None:
+    with pytest.raises(CommandError):
+        decode_command(payload)
 
 
 @pytest.mark.parametrize(

@@ -12,16 +12,24 @@ Rules of this module:
   "leader not found" (301 to the leader with ?redirect), Unavailable/Busy 503 text, every
   other failure 200 `{"results": [], "error": "..."}` as rqlite does;
 - every response carries X-RQLITE-VERSION; served requests carry X-RQLITE-SERVED-BY (the
-  HTTP address of the node that executed them).
+  HTTP address of the node that executed them);
+- request-level checks before anything runs: rqlite's disallowed PRAGMAs (200
+  `{"results": [], "error": "disallowed pragma"}` as rqlite), negative durations (400),
+  `freshness` on level=none reads ("stale read");
+- /db/request classifies with SQLite (zraft.api.classify), /db/execute?queue uses
+  zraft.api.queue, /db/backup and /db/load zraft.api.backup; statements are rewritten for
+  determinism in zraft.api.service before they enter the log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -29,6 +37,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from zraft import __version__
+from zraft.api import backup, classify
 from zraft.api.errors import (
     LEADER_NOT_FOUND,
     ApiError,
@@ -38,8 +47,10 @@ from zraft.api.errors import (
     Unavailable,
 )
 from zraft.api.service import LEVELS, Outcome, Request, Service
+from zraft.api.queue import WriteQueue
 from zraft.api.statements import parse_body
 from zraft.config import NodeConfig
+from zraft.sql.rewrite import explain_rewrite
 from zraft.store.command import Statement
 
 VERSION_HEADER = "X-RQLITE-VERSION"
@@ -82,6 +93,13 @@ class Params:
     raft_index: bool = False
     redirect: bool = False
     qualify_columns: bool = False
+    norwrandom: bool = False
+    norwtime: bool = False
+    queue: bool = False
+    wait: bool = False
+    noleader: bool = False
+    freshness: float | None = None
+    freshness_strict: bool = False
     level: str = "weak"
     timeout: float | None = None
     db_timeout: float | None = None
@@ -100,6 +118,9 @@ def parse_params(query: MultiMapping[str]) -> Params:
         raw = query.get(key)
         if raw is not None and not re.fullmatch(r"[+-]?\d+", raw):
             raise BadRequest(f"{key} is not a valid integer")
+    for key, value in durations.items():
+        if value is not None and value < 0:
+            raise BadRequest(f"{key} must not be negative")
     if "freshness_strict" in query and "freshness" not in query:
         raise BadRequest("freshness_strict requires freshness")
     level = query.get("level", "weak").lower() or "weak"
@@ -115,14 +136,17 @@ def parse_params(query: MultiMapping[str]) -> Params:
         pretty="pretty" in query, timings="timings" in query, transaction="transaction" in query,
         associative="associative" in query, blob_array="blob_array" in query,
         raft_index="raft_index" in query, redirect="redirect" in query,
-        qualify_columns="qualify_columns" in query, level=level, timeout=timeout,
+        qualify_columns="qualify_columns" in query, norwrandom="norwrandom" in query,
+        norwtime="norwtime" in query, queue="queue" in query, wait="wait" in query,
+        noleader="noleader" in query, freshness=durations["freshness"],
+        freshness_strict="freshness_strict" in query, level=level, timeout=timeout,
         db_timeout=durations["db_timeout"],
     )
 
 
 def _options(params: Params) -> dict[str, Any]:
     options: dict[str, Any] = {}
-    for name in ("associative", "blob_array", "timings", "qualify_columns"):
+    for name in ("associative", "blob_array", "timings", "qualify_columns", "norwrandom", "norwtime"):
         if getattr(params, name):
             options[name] = True
     if params.db_timeout:
@@ -157,6 +181,8 @@ class HttpApi:
     def __init__(self, service: Service, config: NodeConfig) -> None:
         self.service = service
         self.config = config
+        self.queue = WriteQueue(self._flush_queue)
+        self.started = time.time()
         self.routes: dict[str, tuple[frozenset[str], Handler]] = {
             "/db/execute": (frozenset({"POST"}), self.execute),
             "/db/query": (frozenset({"GET", "POST"}), self.query),
@@ -164,6 +190,11 @@ class HttpApi:
             "/nodes": (frozenset({"GET", "HEAD"}), self.nodes),
             "/readyz": (frozenset({"GET", "HEAD"}), self.readyz),
             "/leader": (frozenset({"GET", "HEAD"}), self.leader),
+            "/db/backup": (frozenset({"GET"}), self.backup),
+            "/db/sql": (frozenset({"GET", "POST"}), self.sql),
+            "/db/request": (frozenset({"POST"}), self.unified),
+            "/debug/vars": (frozenset({"GET"}), self.debug_vars),
+            "/db/load": (frozenset({"POST"}), self.load),
         }
 
     def app(self) -> web.Application:
@@ -217,11 +248,83 @@ class HttpApi:
     async def execute(self, request: web.Request) -> web.StreamResponse:
         params = parse_params(request.query)
         self._check_length(request)
+        if params.queue:
+            return await self._queued(request, params)
         with self.service.admit():
             statements = self._statements(request, await self._read_body(request))
+            self._check_pragmas(statements)
             start = time.perf_counter()
             outcome = await self.service.execute(self._request(statements, params))
             return self._results(outcome, params, start)
+
+    async def _queued(self, request: web.Request, params: Params) -> web.StreamResponse:
+        """rqlite queued writes (§8.1): answered at once with a sequence number."""
+        body = await self._read_body(request)
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadRequest("invalid JSON body") from None
+        if doc == [] and params.wait:
+            statements: list[Statement] = []  # a flush barrier
+        else:
+            statements = parse_body(doc, self.config.api.max_statements)
+        self._check_pragmas(statements)
+        if not params.noleader:
+            leader = await self.service.current_leader(min(self.service.config.api.request_timeout_ms / 1000, 2.0))
+            if not leader:
+                raise NotLeader(LEADER_NOT_FOUND)
+        req = self._request(statements, params)
+        seq = self.queue.enqueue(self.service.rewritten(req))
+        if params.wait:
+            timeout = params.timeout or self.config.api.request_timeout_ms / 1000
+            if not await self.queue.wait(seq, timeout):
+                return text_response(408, "queue wait timeout")
+        return json_response({"results": [], "sequence_number": seq}, params)
+
+    async def _flush_queue(self, statements: list[Statement]) -> object:
+        req = Request(statements=statements, deadline=self.service.deadline(None), options={
+            "norwrandom": True, "norwtime": True})  # rewritten when queued
+        return await self.service.execute(req)
+
+    async def unified(self, request: web.Request) -> web.StreamResponse:
+        """rqlite /db/request: reads at the requested level, anything that writes via the log."""
+        params = parse_params(request.query)
+        self._check_length(request)
+        if params.queue:
+            raise BadRequest("queued writes are not supported by the unified endpoint")
+        with self.service.admit():
+            body = await self._read_body(request)
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise BadRequest("invalid JSON body") from None
+            statements = parse_body(doc, self.config.api.max_statements)
+            self._check_pragmas(statements)
+            start = time.perf_counter()
+            req = self._request(statements, params)
+            read_only = params.level != "strong" and await asyncio.to_thread(
+                classify.all_read_only, str(self.config.db_path), [s.sql for s in statements])
+            if read_only:
+                await self._check_freshness(params)
+                outcome = await self.service.query(req)
+            else:
+                outcome = await self.service.execute(req)
+            return self._results(outcome, params, start)
+
+    @staticmethod
+    def _check_pragmas(statements: list[Statement]) -> None:
+        if any(classify.disallowed_pragma(s.sql) for s in statements):
+            raise ApiError("disallowed pragma")
+
+    async def _check_freshness(self, params: Params) -> None:
+        """rqlite level=none + freshness: refuse a read from a node that lost touch with the leader."""
+        if params.level != "none" or params.freshness is None or params.freshness <= 0:
+            return
+        age = self.service.leader_contact_age()
+        if age is None:
+            return  # this node is the leader
+        if age > params.freshness:
+            raise ApiError("stale read")
 
     async def query(self, request: web.Request) -> web.StreamResponse:
         params = parse_params(request.query)
@@ -234,6 +337,8 @@ class HttpApi:
                 statements = [Statement(q)]
             else:
                 statements = self._statements(request, await self._read_body(request))
+            self._check_pragmas(statements)
+            await self._check_freshness(params)
             start = time.perf_counter()
             outcome = await self.service.query(self._request(statements, params))
             return self._results(outcome, params, start)
@@ -295,6 +400,67 @@ class HttpApi:
             response.headers[SERVED_BY_HEADER] = peer.http
         return response
 
+    async def sql(self, request: web.Request) -> web.StreamResponse:
+        """rqlite v9.4 /db/sql: how each statement would be rewritten; never touches the DB."""
+        params = parse_params(request.query)
+        if request.method == "GET":
+            statements = [Statement(self._q(request))]
+        else:
+            self._check_length(request)
+            statements = self._statements(request, await self._read_body(request))
+        start = time.perf_counter()
+        results: list[Any] = [explain_rewrite(s.sql, random=not params.norwrandom, time=not params.norwtime)
+                              for s in statements]
+        doc: dict[str, Any] = {"results": results}
+        if params.timings:
+            doc["time"] = time.perf_counter() - start
+        return json_response(doc, params)
+
+    # == backup and load =====================================================================
+    async def backup(self, request: web.Request) -> web.StreamResponse:
+        params = parse_params(request.query)
+        fmt = (request.query.get("fmt") or "binary").lower()  # rqlite: unknown means binary
+        if "vacuum" in request.query and fmt == "sql":
+            raise BadRequest("vacuum is not supported with the SQL format")
+        path = str(self.config.db_path)
+        with self.service.admit():
+            if "noleader" not in request.query:
+                # rqlite backs up the leader's copy: redirect there if asked, else serve this
+                # node's copy once it has applied everything committed so far
+                leader = await self.service.current_leader(2.0)
+                if leader != self.config.id:
+                    if not leader:
+                        raise NotLeader(LEADER_NOT_FOUND)
+                    if "redirect" in request.query:
+                        raise NotLeader("not leader", leader=leader)
+                    synced, line = await self.service.sync_check(params.timeout or 5.0)
+                    if not synced:
+                        raise Unavailable(line.removeprefix("[+]").strip())
+            if fmt == "sql":
+                text = await asyncio.to_thread(backup.dump_sql, path)
+                return web.Response(body=text.encode(), content_type="application/sql")
+            data = await asyncio.to_thread(backup.backup_bytes, path)
+            return web.Response(body=data, content_type="application/octet-stream")
+
+    async def load(self, request: web.Request) -> web.StreamResponse:
+        params = parse_params(request.query)
+        self._check_length(request)
+        with self.service.admit():
+            body = await self._read_body(request)
+            try:
+                statements = await asyncio.to_thread(backup.load_statements, body, str(self.config.db_path))
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            start = time.perf_counter()
+            if not statements:
+                return self._results(Outcome([], 0, self.config.id), params, start)
+            req = self._request(statements, params)
+            req = replace(req, transaction=True)
+            outcome = await self.service.execute(req)
+            if backup.is_sqlite_file(body):
+                outcome = Outcome([], outcome.raft_index, outcome.served_by)
+            return self._results(outcome, params, start)
+
     # == node-local endpoints ==================================================================
     async def status(self, request: web.Request) -> web.StreamResponse:
         params = parse_params(request.query)
@@ -321,5 +487,29 @@ class HttpApi:
         return json_response(leader, params)
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
+        params = parse_params(request.query)
         ready, text = await self.service.readiness(noleader="noleader" in request.query)
+        if ready and "sync" in request.query and "noleader" not in request.query:
+            synced, line = await self.service.sync_check(params.timeout or 5.0)
+            text += line
+            ready = synced
         return web.Response(status=200 if ready else 503, text=text)
+
+    async def debug_vars(self, request: web.Request) -> web.StreamResponse:
+        """rqlite's expvar page: counters of this process."""
+        params = parse_params(request.query)
+        stats = self.queue.stats
+        doc: dict[str, Any] = {
+            "cmdline": sys.argv,
+            "http": {"in_flight": self.service.in_flight, "uptime_s": time.time() - self.started},
+            "queue": {"queued": stats.queued, "flushes": stats.flushes, "statements": stats.statements,
+                      "failed_flushes": stats.failed_flushes, "dropped": stats.dropped,
+                      "sequence_number": stats.sequence_number},
+            "store": {"leader_cache": {"leader": self.service.leader_cache.leader,
+                                       "term": self.service.leader_cache.term}},
+        }
+        key = request.query.get("key")
+        if key:
+            for part in key.split("."):
+                doc = doc.get(part, {}) if isinstance(doc, dict) else {}
+        return json_response(doc, params)

@@ -40,10 +40,13 @@ from zraft.api.errors import LEADER_NOT_FOUND, ApiError, BadRequest, Busy, NotLe
 from zraft.api.statements import to_wire
 from zraft.config import NodeConfig
 from zraft.raft.types import Role
+from zraft.sql.rewrite import RewriteError, rewrite
 from zraft.store.command import Command, CommandError, Statement, encode_command
 from zraft.wire.messages import CommitNotice, WireMessage
 
 LEVELS = ("none", "weak", "linearizable", "strong")
+REWRITE_OPTIONS = ("norwrandom", "norwtime")
+"""Request options that switch off statement rewriting (forwarded with the request)."""
 STORE_OPTIONS = ("associative", "blob_array", "timings", "transaction", "qualify_columns", "db_timeout_ms")
 """Request options passed on to the store (and to the leader when forwarding)."""
 MAX_FORWARD_ATTEMPTS = 3
@@ -212,8 +215,20 @@ class Service:
 
     # == writes ================================================================================
     async def execute(self, req: Request) -> Outcome:
+        req.statements = self.rewritten(req)
         data = _command(req.statements, req.transaction)
         return await self._through_log(req, data, self._forward_execute)
+
+    @staticmethod
+    def rewritten(req: Request) -> list[Statement]:
+        """The request's statements made deterministic (zraft.sql.rewrite) before they enter
+        the log, unless norwrandom / norwtime say otherwise; BadRequest when impossible."""
+        rand = not req.options.get("norwrandom")
+        tm = not req.options.get("norwtime")
+        try:
+            return [Statement(rewrite(s.sql, random=rand, time=tm), s.params) for s in req.statements]
+        except RewriteError as exc:
+            raise BadRequest(str(exc)) from None
 
     async def _through_log(self, req: Request, data: bytes, forward: Forward) -> Outcome:
         for attempt in range(MAX_FORWARD_ATTEMPTS):
@@ -263,6 +278,7 @@ class Service:
             options["transaction"] = True
         if forwarded:
             options["forwarded"] = True
+            options.update({k: True for k in REWRITE_OPTIONS if req.options.get(k)})
         return options
 
     # == reads =================================================================================
@@ -272,7 +288,8 @@ class Service:
         if req.level == "none":
             return await self._local_query(req, 0)
         if req.level == "strong":
-            return await self._through_log(req, _command(req.statements, req.transaction),
+            req.statements = self.rewritten(req)
+            return await self._through_log(req, _command(req.statements, req.transaction, read_only=True),
                                            self._forward_query)
         if req.level == "weak":
             return await self._weak_query(req)
@@ -394,6 +411,32 @@ class Service:
             node.update(version=__version__, time=elapsed, time_s=f"{elapsed * 1e6:.0f}µs")
         return node
 
+    def leader_contact_age(self) -> float | None:
+        """Seconds since this node last heard of a leader (None: this node is the leader).
+
+        Used for rqlite's ``freshness`` on level=none reads."""
+        cache = self.leader_cache
+        if cache.leader == self.node_id and cache.fresh() is not None:
+            return None
+        if not cache.leader:
+            return float("inf")
+        return time.monotonic() - cache._at
+
+    async def sync_check(self, timeout: float) -> tuple[bool, str]:
+        """rqlite /readyz?sync: wait until this node has applied the commit index it knows of now."""
+        deadline = time.monotonic() + timeout
+        try:
+            target = (await self.raft_view(min(timeout, STATUS_TIMEOUT_S))).commit
+            while True:
+                store = await self.store.status(min(max(deadline - time.monotonic(), 0.01), STATUS_TIMEOUT_S))
+                if _int_of(store, "applied", "applied_index") >= target:
+                    return True, "[+]sync ok\n"
+                if time.monotonic() >= deadline:
+                    return False, "[+]sync timeout\n"
+                await asyncio.sleep(0.05)
+        except ApiError as exc:
+            return False, f"[+]sync failed: {exc.message}\n"
+
     async def readiness(self, noleader: bool) -> tuple[bool, str]:
         """rqlite's /readyz lines and whether the node is ready."""
         text = "[+]node ok\n"
@@ -413,9 +456,9 @@ class Service:
         return True, text + "[+]store ok\n[+]db ok\n"
 
 
-def _command(statements: list[Statement], transaction: bool) -> bytes:
+def _command(statements: list[Statement], transaction: bool, read_only: bool = False) -> bytes:
     try:
-        return encode_command(Command(statements=statements, transaction=transaction))
+        return encode_command(Command(statements=statements, transaction=transaction, read_only=read_only))
     except CommandError as exc:
         raise BadRequest(str(exc)) from None
 

@@ -29,9 +29,10 @@ from typing import Any
 import zmq
 
 from zraft.config import NodeConfig
+from zraft.procs.raft_proc import profiled
 from zraft.raft.types import EntryKind
 from zraft.store.apply import ApplyResult
-from zraft.store.command import Statement
+from zraft.store.command import Statement, decode_statement
 from zraft.store.db import Database
 from zraft.wire import RemoteProtocolError, decode, encode
 from zraft.wire.messages import (
@@ -51,8 +52,10 @@ from zraft.wire.messages import (
 
 log = logging.getLogger("zraft.store")
 
-FETCH_TIMEOUT_S = 1.0
+FETCH_TIMEOUT_S = 1.0    # beyond the long-poll wait
 FETCH_POLL_S = 0.25      # fetch even without a notice this often: notices are only hints
+FETCH_WAIT_MS = 500      # long poll: the raft process holds a fetch this long for new commits
+FETCH_LINGER_MS = 10     # ... and, while nobody waits on this store, gathers commits this long
 NOTICE_HEARTBEAT_S = 0.2
 MAX_PARKED = 100_000
 
@@ -86,6 +89,9 @@ class StoreProcess:
         self._seq = 0
         self._fetch_id = 0
         self._fetch_deadline = 0.0
+        self._long_poll = True  # the next fetch may wait at the raft process for new commits
+        self._lingering = False  # the fetch in flight lets the raft process gather commits
+        self._awaited = False  # the last applied batch answered a waiting request
         self._last_fetch = 0.0
         self._last_notice_sent = 0.0
         self._next_expiry_scan = 0.0
@@ -189,6 +195,8 @@ class StoreProcess:
         epoch, seq = self._raft_notice
         if msg.epoch == epoch and msg.seq != seq + 1:
             self.stats["notice_gaps"] += 1
+        if epoch and msg.epoch != epoch and self._fetch_id:
+            self._fetch_deadline = 0.0  # the raft process restarted: a fetch it held is lost
         self._raft_notice = (msg.epoch, msg.seq)
         self.known_commit = max(self.known_commit, msg.commit)
 
@@ -202,17 +210,26 @@ class StoreProcess:
             self._open_raft()
             poller.register(self.raft, zmq.POLLIN)
             self._fetch_id = 0
-        if self.known_commit > self.applied or now - self._last_fetch >= FETCH_POLL_S:
+        if self._long_poll or self.known_commit > self.applied or now - self._last_fetch >= FETCH_POLL_S:
             self._send_fetch(now)
 
     def _send_fetch(self, now: float) -> None:
         self._seq += 1
         self._fetch_id = self._seq
-        self._fetch_deadline = now + FETCH_TIMEOUT_S
+        # Long poll only right after entries arrived: an empty reply means the wait expired
+        # (or the raft process does not hold fetches), and then notices and the periodic
+        # fetch take over until entries flow again, so that nothing ever spins.
+        wait_ms = FETCH_WAIT_MS if self._long_poll else 0
+        self._long_poll = False
+        # Nobody waiting here (a follower's store, mostly): take commits in bigger batches;
+        # a request that parks meanwhile sends a fetch without linger (see _park).
+        self._lingering = bool(wait_ms) and not self.parked and not self._awaited
+        self._fetch_deadline = now + FETCH_TIMEOUT_S + wait_ms / 1000
         self._last_fetch = now
         self.stats["fetches"] += 1
         request = FetchEntries(id=self._fetch_id, start=self.applied + 1,
-                               max_bytes=self.config.raft.fetch_max_bytes)
+                               max_bytes=self.config.raft.fetch_max_bytes, wait_ms=wait_ms,
+                               linger_ms=FETCH_LINGER_MS if self._lingering else 0)
         try:
             self.raft.send_multipart(encode(request), zmq.NOBLOCK)
         except zmq.Again:
@@ -229,10 +246,11 @@ class StoreProcess:
             return
         self.known_commit = max(self.known_commit, msg.commit)
         entries = [e for e in msg.entries if e.index > self.applied]
+        self._long_poll = bool(entries)
         batch_size = self.config.store.apply_batch_entries
         for start in range(0, len(entries), batch_size):
             self._apply(entries[start:start + batch_size])
-        if self.known_commit > self.applied:
+        if self.known_commit > self.applied or self._long_poll:
             self._send_fetch(time.monotonic())
 
     def _apply(self, entries: list[Any]) -> None:
@@ -245,6 +263,7 @@ class StoreProcess:
         self.applied = self.db.applied_index()
         self.applied_term = entries[-1].term
         self.stats["applied_entries"] += len(entries)
+        self._awaited = bool(self.parked) and self.parked[0].index <= self.applied
         self._release_parked()
         self._publish_applied()
 
@@ -270,6 +289,11 @@ class StoreProcess:
                 self._seq += 1
                 heapq.heappush(self.parked, _Parked(index, time.monotonic() + timeout_s, self._seq,
                                                     identity, msg))
+                if self._fetch_id and self._lingering:
+                    # Someone waits now: replace the lingering fetch with an eager long poll
+                    # (the raft process drops the one it held from us).
+                    self._long_poll = True
+                    self._send_fetch(time.monotonic())
         elif isinstance(msg, StatusRequest):
             status = {"applied": self.applied, "known_commit": self.known_commit,
                       "db_path": str(self.config.db_path), "parked": len(self.parked), **self.stats}
@@ -311,9 +335,12 @@ class StoreProcess:
         except (TypeError, ValueError) as exc:
             self._reply(identity, Error(id=msg.id, code="bad_request", message=str(exc)))
             return
+        db_timeout_ms = options.get("db_timeout_ms")
+        timeout_s = db_timeout_ms / 1000 if isinstance(db_timeout_ms, int) and db_timeout_ms > 0 else None
         applied, results = self.db.query_with_index(
             statements, associative=bool(options.get("associative")),
-            blob_array=bool(options.get("blob_array")))
+            blob_array=bool(options.get("blob_array")), timeout_s=timeout_s,
+            qualify_columns=bool(options.get("qualify_columns")))
         self._reply(identity, QueryResult(id=msg.id, results=results, applied=applied))
 
     def _wait_result(self, msg: WaitApplied) -> WireMessage:
@@ -338,7 +365,8 @@ def _statement(raw: Any) -> Statement:
     params = raw[1] if len(raw) > 1 else None
     if params is not None and not isinstance(params, (list, dict)):
         raise ValueError("statement parameters must be a list or an object")
-    return Statement(raw[0], params)
+    # BLOBs travel as {"b64": ...} (zraft.api.statements.to_wire), as in log entries
+    return decode_statement({"sql": raw[0], "params": params})
 
 
 def run(config: NodeConfig) -> int:
@@ -358,7 +386,7 @@ def run(config: NodeConfig) -> int:
     signal.signal(signal.SIGINT, stop)
     log.info("store process for node %d up, applied index %d", config.id, process.applied)
     try:
-        process.run()
+        profiled(process.run, config.id, "store")
     except Exception:
         log.exception("store process stopped on a fatal error")
         return 1

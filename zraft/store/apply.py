@@ -56,10 +56,12 @@ class ApplyResult:
     index: int
     results: list[Result]
     skipped: bool = False
+    query: bool = False
+    """The entry was a read-only command (strong query): rendered in query shapes."""
 
     def render(self, *, associative: bool = False, blob_array: bool = False) -> list[Result]:
-        """The results as the JSON an rqlite ``/db/execute`` or ``/db/request`` would carry."""
-        return [render(r, associative=associative, blob_array=blob_array) for r in self.results]
+        """The results as the JSON an rqlite ``/db/execute``, ``/db/query`` or ``/db/request`` would carry."""
+        return [render(r, associative=associative, blob_array=blob_array, query=self.query) for r in self.results]
 
 
 class _TransactionLost(Exception):
@@ -77,6 +79,7 @@ class Applier:
         self._conn = conn
         self._guard = guard
         self._rowids = meta.rowids(conn)
+        self._read_only = False
 
     def reload(self) -> None:
         """Call after the database file was replaced: meta rows may have moved."""
@@ -138,12 +141,16 @@ class Applier:
         if cmd is None:
             return ApplyResult(index, [])
         self.internal("SAVEPOINT zraft_entry")
-        if cmd.transaction:
-            results = self._all_or_nothing(index, cmd.statements, known)
-        else:
-            results = self._each_on_its_own(index, cmd.statements, known)
+        self._read_only = cmd.read_only
+        try:
+            if cmd.transaction:
+                results = self._all_or_nothing(index, cmd.statements, known)
+            else:
+                results = self._each_on_its_own(index, cmd.statements, known)
+        finally:
+            self._read_only = False
         self.internal("RELEASE zraft_entry")
-        return ApplyResult(index, results)
+        return ApplyResult(index, results, query=cmd.read_only)
 
     def _all_or_nothing(self, index: int, stmts: list[Statement], known: _Known) -> list[Result]:
         """rqlite ?transaction: stop at the first error, undo the entry, report up to it."""
@@ -185,7 +192,7 @@ class Applier:
         if recorded is not None:
             raise StatementFailed(recorded)
         try:
-            return execute(self._conn, self._guard, stmt, read_only=False)
+            return execute(self._conn, self._guard, stmt, read_only=self._read_only)
         except StatementFailed as failed:
             if self._conn.get_autocommit():
                 raise _TransactionLost(index, pos, failed.message) from failed

@@ -1,7 +1,7 @@
 """The replicated command: the SQL that travels inside one Raft log entry.
 
 Log entries outlive the binary that wrote them, so the payload carries its own version
-(`"v": 1`) and decoding refuses any version it does not know instead of guessing.
+(`"v": 1`; `"v": 2` adds `"ro": true`) and decoding refuses any version it does not know instead of guessing.
 
 Wire form (orjson, UTF-8 JSON object)::
 
@@ -29,7 +29,11 @@ from typing import Any, TypeAlias
 import orjson
 
 COMMAND_VERSION = 1
-"""Version written into every encoded command. Bump it only with a decoder for the old one."""
+"""Version of an ordinary command. Bump it only with a decoder for the old one."""
+READ_ONLY_VERSION = 2
+"""Version of a read-only command (``"ro": true``, a strong query). A build that only knows
+version 1 refuses it instead of running it as a write; version 1 payloads stay unchanged."""
+_KNOWN_VERSIONS = (COMMAND_VERSION, READ_ONLY_VERSION)
 
 ParamValue: TypeAlias = int | float | str | bytes | bool | None
 Params: TypeAlias = list[ParamValue] | dict[str, ParamValue] | None
@@ -61,11 +65,17 @@ class Command:
 
     statements: list[Statement]
     transaction: bool = False
+    read_only: bool = False
+    """Executed read-only on every node (a strong query): writes get rqlite's
+    "attempt to change database via query operation" and change nothing."""
 
 
 def encode_command(cmd: Command) -> bytes:
     """Serialise ``cmd`` for a log entry; raises CommandError for values JSON cannot carry."""
-    doc = {"v": COMMAND_VERSION, "tx": cmd.transaction, "stmts": [_encode_stmt(s) for s in cmd.statements]}
+    doc: dict[str, Any] = {"v": READ_ONLY_VERSION if cmd.read_only else COMMAND_VERSION, "tx": cmd.transaction,
+                           "stmts": [_encode_stmt(s) for s in cmd.statements]}
+    if cmd.read_only:
+        doc["ro"] = True
     try:
         return orjson.dumps(doc)
     except orjson.JSONEncodeError as exc:
@@ -81,14 +91,17 @@ def decode_command(data: bytes) -> Command:
     if not isinstance(doc, dict):
         raise CommandError("command must be a JSON object")
     version = doc.get("v")
-    if version != COMMAND_VERSION:
+    if version not in _KNOWN_VERSIONS or isinstance(version, bool):
         raise UnsupportedCommandVersion(
-            f"unsupported command version {version!r}; this build reads version {COMMAND_VERSION}"
+            f"unsupported command version {version!r}; this build reads versions {_KNOWN_VERSIONS}"
         )
     tx, stmts = doc.get("tx"), doc.get("stmts")
     if not isinstance(tx, bool) or not isinstance(stmts, list):
         raise CommandError("command needs a boolean 'tx' and a list 'stmts'")
-    return Command([_decode_stmt(s) for s in stmts], tx)
+    read_only = doc.get("ro", False)
+    if not isinstance(read_only, bool) or read_only != (version == READ_ONLY_VERSION):
+        raise CommandError("'ro' must be true exactly in a version 2 command")
+    return Command([_decode_stmt(s) for s in stmts], tx, read_only)
 
 
 def _encode_stmt(stmt: Statement) -> dict[str, Any]:
@@ -110,6 +123,11 @@ def _encode_value(value: object) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise CommandError(f"unsupported parameter type {type(value).__name__}")
+
+
+def decode_statement(raw: object) -> Statement:
+    """One statement in its wire form ({"sql", "params"}, BLOBs as {"b64": ...}); CommandError if invalid."""
+    return _decode_stmt(raw)
 
 
 def _decode_stmt(raw: object) -> Statement:

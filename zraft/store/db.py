@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -161,13 +162,29 @@ class Database:
         return self.query_with_index(statements, associative=associative, blob_array=blob_array)[1]
 
     def query_with_index(
-        self, statements: Sequence[Statement], *, associative: bool = False, blob_array: bool = False
+        self, statements: Sequence[Statement], *, associative: bool = False, blob_array: bool = False,
+        timeout_s: float | None = None, qualify_columns: bool = False,
     ) -> tuple[int, list[Result]]:
-        """Like query(), plus the applied index of the snapshot the results were read from."""
+        """Like query(), plus the applied index of the snapshot the results were read from.
+
+        ``timeout_s`` is rqlite's ``db_timeout``: a statement still running after that long
+        (counted per statement) is interrupted and gets the error "query timeout".
+        """
         with self._reader() as reader, self._read_transaction(reader):
             index = snapshot.applied_index_of(reader.conn)
-            raw = [execute_to_result(reader.conn, reader.guard, s, read_only=True) for s in statements if s.sql]
+            raw = [self._timed(reader, s, timeout_s, qualify_columns) for s in statements if s.sql]
         return index, [render(r, associative=associative, blob_array=blob_array, query=True) for r in raw]
+
+    @staticmethod
+    def _timed(reader: _Reader, stmt: Statement, timeout_s: float | None, qualify: bool) -> Result:
+        if not timeout_s:
+            return execute_to_result(reader.conn, reader.guard, stmt, read_only=True, qualify=qualify)
+        deadline = time.monotonic() + timeout_s
+        reader.conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
+        try:
+            return execute_to_result(reader.conn, reader.guard, stmt, read_only=True, qualify=qualify)
+        finally:
+            reader.conn.set_progress_handler(None)
 
     def is_read_only(self, sql: str) -> bool:
         """SQLite's own verdict (sqlite3_stmt_readonly) on every statement in ``sql``.
@@ -214,6 +231,9 @@ class Database:
     @contextmanager
     def _read_transaction(self, reader: _Reader) -> Iterator[None]:
         _internal(reader, "BEGIN")
+        # Start the read transaction now and load the schema it sees, so that user statements
+        # are compiled (and report declared types) against it, not a stale cached schema.
+        _internal(reader, "SELECT count(*) FROM sqlite_schema")
         try:
             yield
         finally:

@@ -15,10 +15,13 @@ import apsw
 
 from zraft.store.command import Statement
 from zraft.store.guard import Guard
+from zraft.store.meta import META_TABLE
 from zraft.store.results import Result, SQLiteValue, error_result, rows_result, write_result
 
 QUERY_WRITE_ERROR = "attempt to change database via query operation"
 """rqlite's per-statement error (db.go ``ErrQueryWrite``) for a write sent to a read path."""
+
+_META_INDEX_PREFIX = f"sqlite_autoindex_{META_TABLE}_"
 
 FATAL_ERRORS: tuple[type[BaseException], ...] = (
     apsw.IOError,
@@ -52,8 +55,9 @@ class _Capture:
     A string can hold several statements; like go-sqlite3, the last one gives the result.
     """
 
-    def __init__(self, read_only: bool) -> None:
+    def __init__(self, read_only: bool, qualify: bool = False) -> None:
         self.read_only = read_only
+        self.qualify = qualify
         self.refused_write = False
         self.description: Sequence[tuple[str, str | None]] | None = None
         self.rows: list[tuple[SQLiteValue, ...]] = []
@@ -64,18 +68,28 @@ class _Capture:
         if self.read_only and not (cursor.is_readonly or cursor.is_explain):
             self.refused_write = True
             return False
-        self.description = cursor.get_description()
+        self.description = _description(cursor, self.qualify)
         self.rows = []
         return True
 
 
-def execute(conn: apsw.Connection, guard: Guard, stmt: Statement, *, read_only: bool) -> Result:
+def _description(cursor: apsw.Cursor, qualify: bool) -> Sequence[tuple[str, str | None]]:
+    """Column names and declared types; with rqlite's qualify_columns, ``table.column`` for
+    columns that come straight from a table."""
+    if not qualify:
+        return cursor.get_description()
+    return [(f"{table}.{name}" if table else name, decl)
+            for name, decl, _db, table, _origin in cursor.description_full]
+
+
+def execute(conn: apsw.Connection, guard: Guard, stmt: Statement, *, read_only: bool,
+            qualify: bool = False) -> Result:
     """Execute ``stmt``; return its raw result or raise StatementFailed (fatal errors propagate).
 
     Statements that return columns (SELECT, RETURNING, PRAGMA) give the rows shape, others the
     write shape built from ``last_insert_rowid``/``changes`` as go-sqlite3 reads them.
     """
-    capture = _Capture(read_only)
+    capture = _Capture(read_only, qualify)
     _run(conn, guard, stmt, capture)
     if capture.description or read_only:
         try:
@@ -87,19 +101,31 @@ def execute(conn: apsw.Connection, guard: Guard, stmt: Statement, *, read_only: 
     return write_result(conn.last_insert_rowid(), conn.changes())
 
 
-def execute_to_result(conn: apsw.Connection, guard: Guard, stmt: Statement, *, read_only: bool) -> Result:
+def execute_to_result(conn: apsw.Connection, guard: Guard, stmt: Statement, *, read_only: bool,
+                      qualify: bool = False) -> Result:
     """Like execute() but with the failure folded into an error result."""
     try:
-        return execute(conn, guard, stmt, read_only=read_only)
+        return execute(conn, guard, stmt, read_only=read_only, qualify=qualify)
     except StatementFailed as failed:
         return error_result(failed.message)
+
+
+def is_meta_row(row: Sequence[SQLiteValue]) -> bool:
+    """A row of the schema table (or of a listing PRAGMA) that describes zraft's own table."""
+    return any(isinstance(v, str) and (v == META_TABLE or v.startswith(_META_INDEX_PREFIX)) for v in row)
 
 
 def _run(conn: apsw.Connection, guard: Guard, stmt: Statement, capture: _Capture) -> None:
     cursor = conn.cursor()
     cursor.exec_trace = capture
+    guard.schema_read = False
     try:
-        for row in cursor.execute(stmt.sql, stmt.params):
+        for row in cursor.execute(stmt.sql, stmt.params, can_cache=not capture.read_only):
+            if not capture.rows:
+                # the statement may have been re-prepared on its first step (schema change)
+                capture.description = _description(cursor, capture.qualify)
+            if guard.schema_read and is_meta_row(row):
+                continue  # zraft's bookkeeping table is not the user's: hide it from listings
             capture.rows.append(row)
     except apsw.ExecTraceAbort as exc:
         raise StatementFailed(QUERY_WRITE_ERROR) from exc
@@ -107,6 +133,8 @@ def _run(conn: apsw.Connection, guard: Guard, stmt: Statement, capture: _Capture
         raise StatementFailed(guard.explain(exc)) from exc
     except FATAL_ERRORS:
         raise
+    except apsw.InterruptError as exc:  # the caller's db_timeout ran out (progress handler)
+        raise StatementFailed("query timeout" if capture.read_only else "execute timeout") from exc
     except apsw.ReadOnlyError as exc:
         raise StatementFailed(QUERY_WRITE_ERROR if capture.read_only else str(exc)) from exc
     except apsw.Error as exc:

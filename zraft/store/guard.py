@@ -32,6 +32,9 @@ from zraft.store.meta import META_TABLE
 DISALLOWED_PRAGMA = "disallowed pragma"
 """rqlite's request-level error text, reused for the per-statement refusal."""
 
+SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"})
+_LISTING_PRAGMAS = frozenset({"table_list", "table_info", "table_xinfo", "index_list"})
+
 _ALWAYS_DENIED_PRAGMAS = frozenset({"wal_checkpoint", "optimize"})
 _SETTING_DENIED_PRAGMAS = frozenset(
     {
@@ -60,10 +63,15 @@ class Guard:
     def __init__(self) -> None:
         self.internal = False
         self.reason: str | None = None
+        self.schema_read = False
+        """Set when a user statement reads the schema table or lists tables (see execute.py)."""
 
     def __call__(self, op: int, p1: str | None, p2: str | None, db: str | None, trigger: str | None) -> int:
         if self.internal:
             return apsw.SQLITE_OK
+        if (op == apsw.SQLITE_READ and (p1 or "").lower() in SCHEMA_TABLES) or (
+                op == apsw.SQLITE_PRAGMA and (p1 or "").lower() in _LISTING_PRAGMAS):
+            self.schema_read = True
         reason = refusal(op, p1, p2)
         if reason is None:
             return apsw.SQLITE_OK

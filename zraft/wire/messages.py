@@ -95,6 +95,14 @@ class FetchEntries(WireMessage):
     id: int
     start: int
     max_bytes: int = 1 << 20
+    wait_ms: int = 0
+    """Long poll: when nothing from `start` on is committed yet, the raft process may hold the
+    request up to this long (bounded on its side) and answer as soon as the commit advances.
+    0 (the default, and what an older raft process does) answers at once."""
+    linger_ms: int = 0
+    """With wait_ms: hold the request this long even once entries are committed, to take
+    more of them at once (for a store that nobody is waiting on). A newer fetch from the same
+    requester replaces a held one, which is then never answered."""
 
 
 @dataclass(slots=True)

@@ -28,7 +28,7 @@ SAMPLE_VALUES: dict[str, Any] = {
     "code": "not_leader", "message": "not the leader", "leader": 2, "timeout_ms": 500,
     "statements": [["INSERT INTO t VALUES(?)", [1]]], "min_applied": 4, "options": {"associative": True},
     "results": [{"rows_affected": 1}], "applied": 4, "transaction": True, "level": "linearizable",
-    "raft_index": 12, "epoch": 99, "seq": 1000,
+    "raft_index": 12, "epoch": 99, "seq": 1000, "wait_ms": 250, "linger_ms": 5,
     "entries": [Entry(3, 41, EntryKind.NORMAL, b"cmd"), Entry(3, 42, EntryKind.CONF, b"v=1,2;l=")],
 }
 
