@@ -55,18 +55,23 @@ def bind(sock: zmq.Socket[bytes], address: str) -> None:
     sock.bind(address)
 
 
-def peer_inbox(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
-    """ROUTER bound to this node's Raft address; receives [routing id, *message frames]."""
-    sock = _base(ctx.socket(zmq.ROUTER))
-    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-    sock.setsockopt(zmq.RCVHWM, PEER_RCVHWM)
-    _heartbeats(sock)
+def bound(sock: zmq.Socket[bytes], address: str) -> zmq.Socket[bytes]:
+    """Bind `sock` to `address` and return it; on failure close it, so no socket leaks."""
     try:
         bind(sock, address)
     except zmq.ZMQError:
         sock.close(linger=0)
         raise
     return sock
+
+
+def peer_inbox(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+    """ROUTER bound to this node's Raft address; receives [routing id, *message frames]."""
+    sock = _base(ctx.socket(zmq.ROUTER))
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    sock.setsockopt(zmq.RCVHWM, PEER_RCVHWM)
+    _heartbeats(sock)
+    return bound(sock, address)
 
 
 def peer_dealer(ctx: zmq.Context[zmq.Socket[bytes]], my_id: int, address: str) -> zmq.Socket[bytes]:
@@ -88,12 +93,7 @@ def rpc_server(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.SNDHWM, RPC_HWM)
     sock.setsockopt(zmq.RCVHWM, RPC_HWM)
-    try:
-        bind(sock, address)
-    except zmq.ZMQError:
-        sock.close(linger=0)
-        raise
-    return sock
+    return bound(sock, address)
 
 
 def rpc_dealer(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
@@ -109,12 +109,7 @@ def publisher(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[b
     """PUB for notices; drops (never blocks) for a slow subscriber at the HWM."""
     sock = _base(ctx.socket(zmq.PUB))
     sock.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
-    try:
-        bind(sock, address)
-    except zmq.ZMQError:
-        sock.close(linger=0)
-        raise
-    return sock
+    return bound(sock, address)
 
 
 def subscriber(ctx: zmq.Context[zmq.Socket[bytes]], address: str, prefix: bytes = b"") -> zmq.Socket[bytes]:
