@@ -31,12 +31,15 @@ from zraft.transport.sockets import bind
 from zraft.wire import RemoteProtocolError, WireMessage, decode, encode
 from zraft.wire.messages import (
     AppliedResult,
+    AppliedResultBatch,
     ClientExecute,
     ClientQuery,
     ClientResults,
     Error,
     Propose,
+    ProposeBatch,
     Proposed,
+    ProposedBatch,
     Query,
     QueryResult,
     ReadIndex,
@@ -44,6 +47,7 @@ from zraft.wire.messages import (
     StatusReply,
     StatusRequest,
     WaitApplied,
+    WaitAppliedBatch,
 )
 
 log = logging.getLogger(__name__)
@@ -136,6 +140,10 @@ class AsyncRpcClient(_Pump):
         self._pending: dict[int, asyncio.Future[WireMessage]] = {}
         self._outbox: deque[tuple[int, Frames]] = deque()
         self._retry: asyncio.TimerHandle | None = None
+        # call_batched: requests of this loop iteration, sent together by _flush_queued.
+        self._queued: list[tuple[int, Propose | WaitApplied, float]] = []
+        self._flush_scheduled = False
+        self._batches: dict[int, list[int]] = {}  # ProposeBatch id -> its requests' ids
         super().__init__(_dealer(ctx, address), loop or asyncio.get_running_loop())
 
     async def call(self, msg: WireMessage, timeout: float) -> WireMessage:
@@ -158,6 +166,111 @@ class AsyncRpcClient(_Pump):
         finally:
             timer.cancel()
             self._pending.pop(request_id, None)
+
+    async def call_batched(self, msg: Propose | WaitApplied, timeout: float) -> WireMessage:
+        """As `call`, but requests made in the same event-loop iteration travel as one
+        ProposeBatch / WaitAppliedBatch message (a lone request goes as itself). Each request
+        keeps its own id, deadline and reply (Proposed / AppliedResult or Error)."""
+        if self._closed:
+            raise Unavailable(f"client for {self.address} is closed")
+        if timeout <= 0:
+            raise Timeout(f"deadline passed before asking {self.address}")
+        request_id = next(self._ids)
+        msg.id = request_id
+        future: asyncio.Future[WireMessage] = self._loop.create_future()
+        self._pending[request_id] = future
+        timer = self._loop.call_later(timeout, self._expire, request_id, timeout)
+        self._queued.append((request_id, msg, timeout))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_queued)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            self._pending.pop(request_id, None)
+
+    def _flush_queued(self) -> None:
+        self._flush_scheduled = False
+        queued, self._queued = self._queued, []
+        if self._closed:
+            return
+        pending = self._pending
+        proposes: list[tuple[int, Propose | WaitApplied, float]] = []
+        waits: list[tuple[int, Propose | WaitApplied, float]] = []
+        for item in queued:
+            future = pending.get(item[0])
+            if future is not None and not future.done():  # an expired request is never sent
+                (proposes if isinstance(item[1], Propose) else waits).append(item)
+        for group in (proposes, waits):
+            if not group:
+                continue
+            if len(group) == 1:
+                request_id, msg, _ = group[0]
+                self._send_or_queue(request_id, encode(msg))
+                continue
+            batch_id = next(self._ids)
+            batch: WireMessage
+            if group is proposes:
+                batch = ProposeBatch(id=batch_id, payloads=[cast(Propose, m).data for _, m, _ in group])
+                self._batches[batch_id] = [request_id for request_id, _, _ in group]
+                self._loop.call_later(max(t for _, _, t in group) + 1.0, self._batches.pop, batch_id, None)
+            else:
+                batch = WaitAppliedBatch(id=batch_id, requests=[
+                    [m.id, m.index, m.term, m.timeout_ms, m.options]
+                    for _, m in ((r, cast(WaitApplied, m)) for r, m, _ in group)])
+            if self._outbox or not self._send(encode(batch)):
+                # Slow path (peer not connected or full): queue them one by one, so that the
+                # retry never sends a request whose deadline has passed.
+                self._batches.pop(batch_id, None)
+                for request_id, msg, _ in group:
+                    self._outbox.append((request_id, encode(msg)))
+                self._arm_retry()
+
+    def _send_or_queue(self, request_id: int, frames: Frames) -> None:
+        if self._outbox or not self._send(frames):
+            self._outbox.append((request_id, frames))
+            self._arm_retry()
+
+    def _resolve_batch(self, msg: ProposedBatch) -> None:
+        ids = self._batches.pop(msg.id, None)
+        if ids is None:
+            self.dropped += 1  # a late reply to an abandoned batch
+            return
+        rows = msg.results if len(msg.results) == len(ids) else [None] * len(ids)
+        for request_id, row in zip(ids, rows):
+            future = self._pending.get(request_id)
+            if future is None or future.done():
+                self.dropped += 1
+                continue
+            reply: WireMessage
+            if (isinstance(row, list) and len(row) == 2
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in row)):
+                reply = Proposed(request_id, row[0], row[1])
+            elif (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)
+                  and isinstance(row[1], str) and isinstance(row[2], int)):
+                reply = Error(request_id, row[0], row[1], row[2])
+            else:
+                reply = Error(request_id, "internal", f"malformed batch reply from {self.address}")
+            future.set_result(reply)
+
+    def _resolve_applied(self, msg: AppliedResultBatch) -> None:
+        for row in msg.rows:
+            if not isinstance(row, list) or len(row) not in (3, 4) or not isinstance(row[0], int):
+                self.dropped += 1
+                continue
+            future = self._pending.get(row[0])
+            if future is None or future.done():
+                self.dropped += 1
+                continue
+            reply: WireMessage
+            if len(row) == 3 and isinstance(row[1], int):
+                reply = AppliedResult(row[0], row[1], row[2])
+            elif len(row) == 4 and isinstance(row[1], str) and isinstance(row[2], str) and isinstance(row[3], int):
+                reply = Error(row[0], row[1], row[2], row[3])
+            else:
+                reply = Error(row[0], "internal", f"malformed batch reply from {self.address}")
+            future.set_result(reply)
 
     def _send(self, frames: Frames) -> bool:
         try:
@@ -203,6 +316,12 @@ class AsyncRpcClient(_Pump):
             self.dropped += 1
             log.warning("dropping a malformed reply from %s: %s", self.address, exc)
             return
+        if isinstance(msg, ProposedBatch):
+            self._resolve_batch(msg)
+            return
+        if isinstance(msg, AppliedResultBatch):
+            self._resolve_applied(msg)
+            return
         future = self._pending.get(getattr(msg, "id", -1))
         if future is None or future.done():
             self.dropped += 1  # a late reply to an abandoned request
@@ -218,6 +337,8 @@ class AsyncRpcClient(_Pump):
             if not future.done():
                 future.set_exception(Unavailable(f"connection to {self.address} closed"))
         self._outbox.clear()
+        self._queued.clear()
+        self._batches.clear()
         self._close_socket()
 
 
@@ -348,7 +469,7 @@ class ZmqRaftClient:
         self.rpc = rpc
 
     async def propose(self, data: bytes, timeout: float) -> tuple[int, int]:
-        reply = expect(await self.rpc.call(Propose(id=0, data=data), timeout), Proposed)
+        reply = expect(await self.rpc.call_batched(Propose(id=0, data=data), timeout), Proposed)
         return reply.index, reply.term
 
     async def read_index(self, timeout: float) -> int:
@@ -366,7 +487,7 @@ class ZmqStoreClient:
 
     async def wait_applied(self, index: int, term: int, timeout: float, options: dict[str, Any]) -> Any:
         msg = WaitApplied(id=0, index=index, term=term, timeout_ms=_ms(timeout), options=options)
-        return expect(await self.rpc.call(msg, timeout), AppliedResult).result
+        return expect(await self.rpc.call_batched(msg, timeout), AppliedResult).result
 
     async def query(self, statements: list[Any], min_applied: int, timeout: float,
                     options: dict[str, Any]) -> list[Any]:

@@ -68,7 +68,9 @@ from zraft.wire.messages import (
     FetchEntries,
     Ok,
     Propose,
+    ProposeBatch,
     Proposed,
+    ProposedBatch,
     ReadIndex,
     ReadIndexReply,
     StatusReply,
@@ -328,7 +330,7 @@ class RaftProcess:
                     self._reply(identity, Error(request_id, "bad_request", "not a raft request"))
                 continue
             reply = handler(self, identity, request)
-            if isinstance(reply, Proposed):
+            if isinstance(reply, (Proposed, ProposedBatch)):
                 # Held until this turn's AppendEntries are out: replication goes first.
                 self._proposed.append((identity, reply))
             elif reply is not None:
@@ -360,6 +362,18 @@ class RaftProcess:
             return Error(req.id, "unavailable", str(exc), leader=core.leader)
         self.stats["proposals"] += 1
         return Proposed(req.id, index, core.term)
+
+    def _on_propose_batch(self, identity: bytes, req: ProposeBatch) -> WireMessage:
+        """Each payload exactly as a Propose of its own, all appended in this turn."""
+        results: list[list[Any]] = []
+        for data in req.payloads:
+            reply = self._on_propose(identity, Propose(req.id, data))
+            if isinstance(reply, Proposed):
+                results.append([reply.index, reply.term])
+            else:
+                assert isinstance(reply, Error)
+                results.append([reply.code, reply.message, reply.leader])
+        return ProposedBatch(req.id, results)
 
     def _on_read_index(self, identity: bytes, req: ReadIndex) -> WireMessage | None:
         if len(self._reads) >= self._max_reads:
@@ -517,6 +531,7 @@ class RaftProcess:
 
 _RPC_HANDLERS: dict[type[WireMessage], Callable[[RaftProcess, bytes, Any], WireMessage | None]] = {
     Propose: RaftProcess._on_propose,
+    ProposeBatch: RaftProcess._on_propose_batch,
     ReadIndex: RaftProcess._on_read_index,
     StatusRequest: RaftProcess._on_status,
     FetchEntries: RaftProcess._on_fetch,

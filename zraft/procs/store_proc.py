@@ -38,6 +38,7 @@ from zraft.wire import RemoteProtocolError, decode, encode
 from zraft.wire.messages import (
     AppliedNotice,
     AppliedResult,
+    AppliedResultBatch,
     CommitNotice,
     EntriesReply,
     Error,
@@ -47,6 +48,7 @@ from zraft.wire.messages import (
     StatusReply,
     StatusRequest,
     WaitApplied,
+    WaitAppliedBatch,
     WireMessage,
 )
 
@@ -96,6 +98,10 @@ class StoreProcess:
         self._last_notice_sent = 0.0
         self._next_expiry_scan = 0.0
         self._raft_notice: tuple[int, int] = (0, 0)  # (epoch, seq) of the last commit notice
+        # Requesters that sent a WaitAppliedBatch, so understand AppliedResultBatch; while a
+        # batch of answers is being made, the WaitApplied ones to those gather here.
+        self._batch_peers: OrderedDict[bytes, None] = OrderedDict()
+        self._gathered: dict[bytes, list[WireMessage]] | None = None
         self.running = True
         self._open_sockets()
 
@@ -294,6 +300,27 @@ class StoreProcess:
                     # (the raft process drops the one it held from us).
                     self._long_poll = True
                     self._send_fetch(time.monotonic())
+        elif isinstance(msg, WaitAppliedBatch):
+            self._batch_peers[identity] = None
+            self._batch_peers.move_to_end(identity)
+            if len(self._batch_peers) > 1024:
+                self._batch_peers.popitem(last=False)
+            self._gather()
+            for row in msg.requests:
+                try:
+                    request_id, index, term, timeout_ms, options = row
+                    single = WaitApplied(id=request_id, index=index, term=term, timeout_ms=timeout_ms,
+                                         options=options)
+                    valid = (all(isinstance(v, int) and not isinstance(v, bool)
+                                 for v in (request_id, index, term, timeout_ms))
+                             and isinstance(options, dict))
+                except (TypeError, ValueError):
+                    valid = False
+                if not valid:
+                    self.stats["malformed"] += 1
+                    continue
+                self._on_request(identity, single)
+            self._send_gathered()
         elif isinstance(msg, StatusRequest):
             status = {"applied": self.applied, "known_commit": self.known_commit,
                       "db_path": str(self.config.db_path), "parked": len(self.parked), **self.stats}
@@ -308,8 +335,29 @@ class StoreProcess:
             return
         self.parked = [p for p in self.parked if p.index > self.applied]
         heapq.heapify(self.parked)
+        self._gather()
         for parked in sorted(ready):
             self._answer(parked.identity, parked.request)
+        self._send_gathered()
+
+    def _gather(self) -> None:
+        if self._gathered is None:
+            self._gathered = {}
+
+    def _send_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, None
+        for identity, replies in (gathered or {}).items():
+            if len(replies) == 1:
+                self._reply(identity, replies[0])
+                continue
+            rows: list[Any] = []
+            for reply in replies:
+                if isinstance(reply, AppliedResult):
+                    rows.append([reply.id, reply.index, reply.result])
+                else:
+                    assert isinstance(reply, Error)
+                    rows.append([reply.id, reply.code, reply.message, reply.leader])
+            self._reply(identity, AppliedResultBatch(id=0, rows=rows))
 
     def _expire(self, now: float) -> None:
         if now < self._next_expiry_scan:
@@ -327,7 +375,11 @@ class StoreProcess:
 
     def _answer(self, identity: bytes, msg: WaitApplied | Query) -> None:
         if isinstance(msg, WaitApplied):
-            self._reply(identity, self._wait_result(msg))
+            reply = self._wait_result(msg)
+            if self._gathered is not None and identity in self._batch_peers:
+                self._gathered.setdefault(identity, []).append(reply)
+            else:
+                self._reply(identity, reply)
             return
         options = msg.options or {}
         try:

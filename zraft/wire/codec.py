@@ -45,6 +45,9 @@ def encode(msg: WireMessage | Message) -> Frames:
             blobs.append(value)
         elif f.name == "entries":
             header[f.name] = _entries_header(value, blobs)
+        elif f.type in ("list[bytes]", list[bytes]):
+            header[f.name] = list(range(len(blobs), len(blobs) + len(value)))
+            blobs.extend(value)
         else:
             header[f.name] = value
     return [orjson.dumps(header), *blobs]
@@ -111,6 +114,10 @@ def _decode_registered(cls: type[WireMessage], header: dict[str, Any], blobs: Fr
             value = _blob(blobs, value)
         elif f.name == "entries":
             value = _decode_entries(value, blobs)
+        elif f.type in ("list[bytes]", list[bytes]):
+            if not isinstance(value, list):
+                raise TypeError(f"field {f.name} must be a list of frame references")
+            value = [_blob(blobs, position) for position in value]
         elif not _json_type_ok(f.type, value):
             raise TypeError(f"field {f.name} has the wrong type")
         kwargs[f.name] = value

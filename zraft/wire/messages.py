@@ -60,6 +60,26 @@ class Proposed(WireMessage):
 
 
 @dataclass(slots=True)
+class ProposeBatch(WireMessage):
+    """Several Proposes at once (the api coalesces those of one event-loop turn): each of
+    `payloads` travels as a frame of its own and is appended as one entry, in order."""
+
+    KIND: ClassVar[str] = "propose_batch"
+    id: int
+    payloads: list[bytes]
+
+
+@dataclass(slots=True)
+class ProposedBatch(WireMessage):
+    """The answer to a ProposeBatch, one row per payload in order: [index, term] once
+    appended, or [error_code, message, leader] as a single Propose's Error would carry."""
+
+    KIND: ClassVar[str] = "proposed_batch"
+    id: int
+    results: list[Json]
+
+
+@dataclass(slots=True)
 class ReadIndex(WireMessage):
     """Ask for a linearizable read point (Raft read-index)."""
 
@@ -175,6 +195,27 @@ class AppliedResult(WireMessage):
     id: int
     index: int
     result: Json
+
+
+@dataclass(slots=True)
+class WaitAppliedBatch(WireMessage):
+    """Several WaitApplied at once: `requests` rows are [id, index, term, timeout_ms, options],
+    each answered on its own (AppliedResult or Error carrying that row's id)."""
+
+    KIND: ClassVar[str] = "wait_applied_batch"
+    id: int
+    requests: list[Json]
+
+
+@dataclass(slots=True)
+class AppliedResultBatch(WireMessage):
+    """Answers to several WaitAppliedBatch rows at once (only to a requester that sent a
+    WaitAppliedBatch): each of `rows` is [id, index, result] for an AppliedResult or
+    [id, code, message, leader] for an Error."""
+
+    KIND: ClassVar[str] = "applied_result_batch"
+    id: int
+    rows: list[Json]
 
 
 @dataclass(slots=True)
