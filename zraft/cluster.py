@@ -61,7 +61,7 @@ def cluster_ports(nodes: int, http_port: int) -> list[int]:
     return ports
 
 
-def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as probe:
         # Like the servers themselves, ignore connections lingering in TIME-WAIT.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -124,7 +124,7 @@ def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
     directory.mkdir(parents=True, exist_ok=True)
     if _supervisord_pid(directory) is not None:
         raise ClusterError(f"a cluster is already running in {directory}; run `zraft cluster down` first")
-    busy = sorted(port for port in cluster_ports(nodes, http_port) if not _port_free(port))
+    busy = sorted(port for port in cluster_ports(nodes, http_port) if not port_free(port))
     if busy:
         raise ClusterError(f"ports already in use: {', '.join(map(str, busy))}; "
                            "choose another --http-port or stop whatever holds them")
@@ -238,4 +238,4 @@ def _is_leader(config: NodeConfig) -> bool:
         return False
     finally:
         sock.close()
-    return isinstance(reply, StatusReply) and reply.status.get("role") in ("leader", "Leader", "LEADER")
+    return isinstance(reply, StatusReply) and reply.status.get("role") == "leader"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from tests.component.test_raft_proc_support import Node, free_port, single_node, wait_for
+from tests.component.test_raft_proc_support import Node, free_port, single_leader_node, wait_for  # noqa: F401 (fixture "node")
 from zraft.api.errors import NotLeader, Timeout
 from zraft.api.zmq_client import AsyncRpcClient, ZmqRaftClient, ZmqStoreClient
 from zraft.wire import decode, encode
@@ -152,16 +152,6 @@ def test_wait_applied_of_one_turn_travel_as_one_batch_answered_each(ctx) -> None
 
     asyncio.run(scenario())
 
-
-@pytest.fixture
-def node(tmp_path) -> Iterator[Node]:
-    n = single_node(tmp_path)
-    n.start()
-    try:
-        wait_for("the single node to lead", lambda: (n.status() or {}).get("role") == "leader")
-        yield n
-    finally:
-        n.kill()
 
 
 def test_raft_appends_a_propose_batch_in_order(node: Node) -> None:

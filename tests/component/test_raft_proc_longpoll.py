@@ -10,22 +10,12 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from tests.component.test_raft_proc_support import Node, single_node, wait_for
+from tests.component.test_raft_proc_support import Node, single_leader_node, wait_for  # noqa: F401 (fixture "node")
 from zraft.wire import decode, encode
 from zraft.wire.messages import EntriesReply, FetchEntries, Propose, Proposed
 
 pytestmark = pytest.mark.timeout(60)
 
-
-@pytest.fixture
-def node(tmp_path) -> Iterator[Node]:
-    n = single_node(tmp_path)
-    n.start()
-    try:
-        wait_for("the single node to lead", lambda: (n.status() or {}).get("role") == "leader")
-        yield n
-    finally:
-        n.kill()
 
 
 @pytest.fixture

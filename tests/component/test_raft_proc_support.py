@@ -10,11 +10,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import zmq
 
 from zraft.config import NodeConfig, Peer, RaftSettings, render
@@ -182,3 +183,15 @@ def notice_subscriber(ctx: zmq.Context[zmq.Socket[bytes]], node: Node) -> zmq.So
 def single_node(root: Path, **raft: int) -> Node:
     config = make_configs(root, 1, **raft)[0]
     return Node(replace(config))
+
+
+@pytest.fixture(name="node")
+def single_leader_node(tmp_path: Path) -> Iterator[Node]:
+    """A one-node raft process that has elected itself; killed by PID afterwards."""
+    n = single_node(tmp_path)
+    n.start()
+    try:
+        wait_for("the single node to lead", lambda: (n.status() or {}).get("role") == "leader")
+        yield n
+    finally:
+        n.kill()

@@ -14,6 +14,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from zraft.cluster import port_free
+
 T = TypeVar("T")
 
 
@@ -25,18 +27,9 @@ def free_port_base(span: int = 110) -> int:
             base = probe.getsockname()[1]
         if base + span > 60000:
             continue
-        if all(_port_free(base + i) for i in range(span + 1)):
+        if all(port_free(base + i) for i in range(span + 1)):
             return base
     raise RuntimeError("no free port range")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = 10.0,

@@ -34,6 +34,7 @@ from zraft.raft.types import EntryKind
 from zraft.store.apply import ApplyResult
 from zraft.store.command import Statement, decode_statement
 from zraft.store.db import Database
+from zraft.transport.sockets import publisher, rpc_dealer, rpc_server
 from zraft.wire import RemoteProtocolError, decode, encode
 from zraft.wire.messages import (
     AppliedNotice,
@@ -108,13 +109,8 @@ class StoreProcess:
     # == sockets ==============================================================================
     def _open_sockets(self) -> None:
         ctx = self.context
-        self.rpc = ctx.socket(zmq.ROUTER)
-        self.rpc.setsockopt(zmq.LINGER, 0)
-        self.rpc.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.rpc.bind(self.config.store_rpc)
-        self.pub = ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.bind(self.config.store_pub)
+        self.rpc = rpc_server(ctx, self.config.store_rpc)
+        self.pub = publisher(ctx, self.config.store_pub)
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -122,9 +118,7 @@ class StoreProcess:
         self._open_raft()
 
     def _open_raft(self) -> None:
-        self.raft = self.context.socket(zmq.DEALER)
-        self.raft.setsockopt(zmq.LINGER, 0)
-        self.raft.connect(self.config.raft_rpc)
+        self.raft = rpc_dealer(self.context, self.config.raft_rpc)
 
     def close(self) -> None:
         for sock in (self.rpc, self.pub, self.sub, self.raft):
