@@ -171,3 +171,53 @@ def shell(host: str, scheme: str, timeout: float) -> None:
     from zraft.shell import run
 
     sys.exit(run(host, scheme, timeout))
+
+
+@main.command()
+@click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs, one after another, each on a fresh cluster.")
+@click.option("--time", "time_s", type=click.FloatRange(min=10), default=60.0, show_default=True,
+              help="Seconds per run: warm-up, faults, then a fault-free recovery phase.")
+@click.option("--workload", type=click.Choice(["register", "set", "bank"]), default="register",
+              show_default=True)
+@click.option("--nemesis", default="all", show_default=True,
+              help="Comma-separated faults or groups: partition-halves, partition-leader, partition-bridge, "
+                   "partition-asym, loss, kill, kill-node, pause; groups: partition, all.")
+@click.option("--seed", type=int, default=None, help="Seed of the first run (default: from the clock, printed).")
+@click.option("--out", type=click.Path(file_okay=False), default="chaos-out", show_default=True,
+              help="Folder for each run's history, summary and cluster logs.")
+@click.option("--http-port", type=click.IntRange(1024, 65000), default=4401, show_default=True)
+@click.option("--first-host", type=click.IntRange(2, 250), default=2, show_default=True,
+              help="Nodes listen on 127.0.0.N, N+1, N+2.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=6, show_default=True,
+              help="Client threads, spread over the nodes.")
+@click.option("--rate", type=click.FloatRange(min=1), default=200.0, show_default=True,
+              help="Operations per second offered by all clients together.")
+@click.option("--interval", type=click.FloatRange(min=0.5), default=5.0, show_default=True,
+              help="Seconds each fault is held, and seconds of quiet between faults.")
+@click.option("--read-level", "read_levels", multiple=True,
+              type=click.Choice(["none", "weak", "linearizable", "strong"]),
+              help="Read levels to use (repeatable; register default: linearizable and strong).")
+def chaos(runs: int, time_s: float, workload: str, nemesis: str, seed: int | None, out: str, http_port: int,
+          first_host: int, concurrency: int, rate: float, interval: float, read_levels: tuple[str, ...]) -> None:
+    """Jepsen-style runs: faults against a local cluster, every history checked.
+
+    The last line reads `R runs, O ops, V violations, L lost, I invalid`; the exit code is 0
+    only when every run was valid with no violation and nothing lost. Needs root (iptables)."""
+    import time as _time
+    from pathlib import Path
+
+    from zraft.chaos.nemesis import expand
+    from zraft.chaos.runner import ChaosOptions, run_campaign
+
+    try:
+        faults = expand([n.strip() for n in nemesis.split(",") if n.strip()])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--nemesis") from None
+    options = ChaosOptions(runs=runs, time_s=time_s, workload=workload, faults=faults,
+                           seed=seed if seed is not None else int(_time.time()) % 100_000,
+                           out=Path(out), http_port=http_port, first_host=first_host,
+                           concurrency=concurrency, rate=rate, interval_s=interval,
+                           read_levels=read_levels)
+    campaign = run_campaign(options, click.echo)
+    sys.exit(0 if campaign.passed else 1)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,21 +44,31 @@ class NodeStatus:
         return {"id": self.id, "http": self.http, "leader": self.leader, "pids": self.pids}
 
 
-def node_peers(nodes: int, http_port: int, host: str = "127.0.0.1") -> tuple[Peer, ...]:
+def node_hosts(nodes: int, hosts: Sequence[str] | None) -> list[str]:
+    """Each node's listen address: all on 127.0.0.1 unless `hosts` names one per node."""
+    if hosts is None:
+        return ["127.0.0.1"] * nodes
+    if len(hosts) != nodes:
+        raise ClusterError(f"{nodes} nodes need {nodes} host addresses, got {len(hosts)}")
+    return list(hosts)
+
+
+def node_peers(nodes: int, http_port: int, hosts: Sequence[str] | None = None) -> tuple[Peer, ...]:
     peers = []
-    for i in range(1, nodes + 1):
+    for i, host in enumerate(node_hosts(nodes, hosts), start=1):
         http = http_port + 2 * (i - 1)
         peers.append(Peer(id=i, raft=f"tcp://{host}:{http + 1}", http=f"{host}:{http}",
                           api_zmq=f"tcp://{host}:{http + 100}"))
     return tuple(peers)
 
 
-def cluster_ports(nodes: int, http_port: int) -> list[int]:
-    """Every TCP port a local cluster binds: HTTP, Raft and native API of each node."""
+def cluster_ports(nodes: int, http_port: int,
+                  hosts: Sequence[str] | None = None) -> list[tuple[str, int]]:
+    """Every (host, TCP port) a local cluster binds: HTTP, Raft and native API of each node."""
     ports = []
-    for i in range(nodes):
+    for i, host in enumerate(node_hosts(nodes, hosts)):
         http = http_port + 2 * i
-        ports += [http, http + 1, http + 100]
+        ports += [(host, http), (host, http + 1), (host, http + 100)]
     return ports
 
 
@@ -73,8 +84,8 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def write_configs(directory: Path, nodes: int, http_port: int,
-                  raft: RaftSettings | None = None) -> list[Path]:
-    peers = node_peers(nodes, http_port)
+                  raft: RaftSettings | None = None, hosts: Sequence[str] | None = None) -> list[Path]:
+    peers = node_peers(nodes, http_port, hosts)
     paths = []
     for peer in peers:
         node_dir = (directory / f"node{peer.id}").resolve()
@@ -119,16 +130,20 @@ def supervisord_conf(directory: Path, config_paths: list[Path]) -> str:
 
 
 def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
-       raft: RaftSettings | None = None) -> list[NodeStatus]:
-    """Write configs, start supervisord with nodes x 3 programs, and wait for a leader."""
+       raft: RaftSettings | None = None, hosts: Sequence[str] | None = None) -> list[NodeStatus]:
+    """Write configs, start supervisord with nodes x 3 programs, and wait for a leader.
+
+    `hosts` gives each node its own listen address (the chaos suite uses 127.0.0.2, .3, ...
+    so that firewall rules can cut one node off from another)."""
     directory.mkdir(parents=True, exist_ok=True)
     if _supervisord_pid(directory) is not None:
         raise ClusterError(f"a cluster is already running in {directory}; run `zraft cluster down` first")
-    busy = sorted(port for port in cluster_ports(nodes, http_port) if not port_free(port))
+    busy = sorted(f"{host}:{port}" for host, port in cluster_ports(nodes, http_port, hosts)
+                  if not port_free(port, host))
     if busy:
-        raise ClusterError(f"ports already in use: {', '.join(map(str, busy))}; "
+        raise ClusterError(f"ports already in use: {', '.join(busy)}; "
                            "choose another --http-port or stop whatever holds them")
-    config_paths = write_configs(directory, nodes, http_port, raft)
+    config_paths = write_configs(directory, nodes, http_port, raft, hosts)
     conf = directory / "supervisord.conf"
     conf.write_text(supervisord_conf(directory, config_paths))
     subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf.resolve())],
@@ -145,18 +160,18 @@ def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
 
 def status(directory: Path) -> list[NodeStatus]:
     """Each node's HTTP address, whether it is the leader, and its processes' PIDs."""
-    pids = _program_pids(directory)
+    pids = program_pids(directory)
     result = []
     for path in sorted(directory.glob("node*/zraft.toml"), key=lambda p: int(p.parent.name[4:])):
         config = load(path)
-        result.append(NodeStatus(config.id, config.me().http, _is_leader(config),
+        result.append(NodeStatus(config.id, config.me().http, is_leader(config),
                                  {proc: pids.get(f"node{config.id}-{proc}") for proc in PROCESSES}))
     return result
 
 
 def down(directory: Path, timeout_s: float = 30.0) -> None:
     """Stop supervisord and every process it started, and make sure none is left behind."""
-    pids = [pid for pid in _program_pids(directory).values() if pid]
+    pids = [pid for pid in program_pids(directory).values() if pid]
     supervisor_pid = _supervisord_pid(directory)
     if supervisor_pid is not None:
         os.kill(supervisor_pid, signal.SIGTERM)  # supervisord stops its children, then exits
@@ -196,7 +211,8 @@ def _alive(pid: int) -> bool:
 _STATUS_LINE = re.compile(r"^(\S+)\s+RUNNING\s+pid (\d+)")
 
 
-def _program_pids(directory: Path) -> dict[str, int]:
+def program_pids(directory: Path) -> dict[str, int]:
+    """supervisord's program name ("node2-raft") -> PID of each running program."""
     conf = directory / "supervisord.conf"
     if _supervisord_pid(directory) is None or not conf.exists():
         return {}
@@ -219,7 +235,7 @@ def _ready(http: str) -> bool:
         return False
 
 
-def _is_leader(config: NodeConfig) -> bool:
+def is_leader(config: NodeConfig) -> bool:
     """Ask the node's raft process itself, so the answer does not depend on the API process."""
     import zmq
 

@@ -38,6 +38,7 @@ from zraft.api.zmq_client import (
     ZmqStoreClient,
 )
 from zraft.config import NodeConfig
+from zraft.transport.sockets import from_own_address
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ class ApiProcess:
         raft_rpc = AsyncRpcClient(self.ctx, config.raft_rpc)
         store_rpc = AsyncRpcClient(self.ctx, config.store_rpc)
         self._rpcs = [raft_rpc, store_rpc]
-        self._peers = PeerClients(self.ctx, {p.id: p.api_zmq for p in config.peers if p.id != config.id})
+        own = config.me().api_zmq
+        self._peers = PeerClients(self.ctx, {p.id: from_own_address(p.api_zmq, own)
+                                             for p in config.peers if p.id != config.id})
         service = self.service = Service(config, ZmqRaftClient(raft_rpc), ZmqStoreClient(store_rpc),
                                          self._peers)
         if config.raft_pub:

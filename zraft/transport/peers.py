@@ -21,21 +21,23 @@ from collections.abc import Iterable, Mapping
 import zmq
 
 from zraft.raft.types import Message, MsgType
-from zraft.transport.sockets import peer_dealer, send_nowait
+from zraft.transport.sockets import from_own_address, peer_dealer, send_nowait
 from zraft.wire.codec import encode
 
 
 class PeerLinks:
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], my_id: int, addresses: Mapping[int, str],
                  stats: Counter[str]) -> None:
-        """Connect one DEALER to each peer in `addresses` (our own id is skipped)."""
+        """Connect one DEALER to each peer in `addresses` (our own id is skipped), each from
+        our own address when `addresses` gives one (see sockets.from_own_address)."""
         self._ctx = ctx
         self._my_id = my_id
         self._stats = stats
         self._socks: dict[int, zmq.Socket[bytes]] = {}
+        own = addresses.get(my_id, "")
         for node, address in addresses.items():
             if node != my_id:
-                self._socks[node] = peer_dealer(ctx, my_id, address)
+                self._socks[node] = peer_dealer(ctx, my_id, from_own_address(address, own))
 
     def send(self, msg: Message) -> bool:
         """Encode and send `msg` to `msg.to`; False (and counted) if it was dropped."""

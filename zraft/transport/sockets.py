@@ -18,6 +18,7 @@ Why each option (libzmq doc/zmq_setsockopt.adoc; zguide chapters 2 and 4):
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import zmq
@@ -63,6 +64,22 @@ def bound(sock: zmq.Socket[bytes], address: str) -> zmq.Socket[bytes]:
         sock.close(linger=0)
         raise
     return sock
+
+
+def from_own_address(destination: str, own_address: str) -> str:
+    """`destination` with its source pinned to the host of `own_address`, when both are tcp
+    and that host is a specific IPv4 address.
+
+    Without this the kernel picks the source address of an outgoing connection, which on
+    loopback is 127.0.0.1 whatever address a node listens on; firewall rules written per node
+    address (how the chaos suite cuts links) would then match none of the traffic between
+    nodes. On a multi-homed host it also keeps node-to-node traffic on the node's own address.
+    ZeroMQ's "tcp://SOURCE:0;DEST" form binds the source before connecting."""
+    own = re.fullmatch(r"tcp://(\d{1,3}(?:\.\d{1,3}){3}):\d+", own_address)
+    if own is None or own.group(1) == "0.0.0.0" or not destination.startswith("tcp://") \
+            or ";" in destination:
+        return destination
+    return f"tcp://{own.group(1)}:0;{destination.removeprefix('tcp://')}"
 
 
 def peer_inbox(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:

@@ -1,0 +1,296 @@
+"""Faults the chaos suite injects into a running local cluster, each with its own proof.
+
+A fault that silently does nothing would turn a chaos run into a false pass, so every
+fault records evidence that it took effect, and the runner counts a run as valid only if
+every fault it injected can show it:
+- network faults (partitions, packet loss) are iptables DROP rules on the loopback
+  interface between node addresses, in a chain of their own; the rules' packet counters
+  prove that traffic between nodes was actually dropped;
+- kill -9: the process is gone, and supervisord later runs it again under a new PID;
+- pause: the process is seen in state T (stopped) before it is continued.
+
+Network faults rely on each node sending from its own 127.0.0.x address (see
+zraft.transport.sockets.from_own_address); the runner checks that with `ss` before
+trusting a partition.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+NETWORK_FAULTS = ("partition-halves", "partition-leader", "partition-bridge", "partition-asym", "loss")
+PROCESS_FAULTS = ("kill", "kill-node", "pause")
+ALL_FAULTS = NETWORK_FAULTS + PROCESS_FAULTS
+GROUPS: dict[str, tuple[str, ...]] = {
+    "partition": ("partition-halves", "partition-leader", "partition-bridge", "partition-asym"),
+    "all": ALL_FAULTS,
+}
+LOSS_PROBABILITY = 0.2
+PROCESS_TYPES = ("raft", "store", "api")
+
+
+def expand(names: Sequence[str]) -> tuple[str, ...]:
+    """Turn `--nemesis` names (faults or groups like `partition`, `all`) into fault names."""
+    out: list[str] = []
+    for name in names:
+        for fault in GROUPS.get(name, (name,)):
+            if fault not in ALL_FAULTS:
+                raise ValueError(f"unknown fault {name!r}; known: {', '.join(ALL_FAULTS + tuple(GROUPS))}")
+            if fault not in out:
+                out.append(fault)
+    return tuple(out)
+
+
+class Target(Protocol):
+    """What a fault needs to know about the cluster it breaks."""
+
+    @property
+    def hosts(self) -> Sequence[str]:
+        """Each node's address, node 1 first."""
+
+    def pids(self) -> dict[tuple[int, str], int]:
+        """(node id, process type) -> PID of every running program."""
+
+    def leader(self) -> int | None:
+        """The current leader's node id, if one is known."""
+
+
+@dataclass
+class Injection:
+    """One fault as injected: what, where, when, and the proof that it bit."""
+
+    fault: str
+    detail: str
+    started: float
+    ended: float = 0.0
+    fired: bool = False
+    evidence: str = "no evidence collected"
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {"fault": self.fault, "detail": self.detail, "started": round(self.started, 3),
+                "ended": round(self.ended, 3), "fired": self.fired, "evidence": self.evidence}
+
+
+class Firewall:
+    """iptables rules in one chain of our own, hooked into INPUT, removed on close."""
+
+    def __init__(self, chain: str) -> None:
+        self.chain = chain
+        self._run("-N", chain)
+        self._run("-I", "INPUT", "-j", chain)
+
+    @staticmethod
+    def _run(*args: str, check: bool = True) -> str:
+        done = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, timeout=30)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"iptables {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def drop(self, source: str, destination: str, probability: float = 1.0) -> None:
+        rule = ["-A", self.chain, "-s", source, "-d", destination]
+        if probability < 1.0:
+            rule += ["-m", "statistic", "--mode", "random", "--probability", f"{probability:g}"]
+        self._run(*rule, "-j", "DROP")
+
+    def dropped_packets(self) -> int:
+        out = self._run("-L", self.chain, "-v", "-x", "-n")
+        return sum(int(line.split()[0]) for line in out.splitlines()[2:] if line.split())
+
+    def heal(self) -> None:
+        self._run("-F", self.chain)
+
+    def close(self) -> None:
+        self._run("-D", "INPUT", "-j", self.chain, check=False)
+        self._run("-F", self.chain, check=False)
+        self._run("-X", self.chain, check=False)
+
+
+def _process_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return "gone"
+
+
+class Nemesis:
+    """Injects one fault at a time into `target`, seeded, and heals it."""
+
+    def __init__(self, target: Target, firewall: Firewall, rng: random.Random,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.target, self.firewall, self.rng, self.clock = target, firewall, rng, clock
+        self.current: Injection | None = None
+        self._stopped: list[int] = []
+        self._killed: dict[str, int] = {}
+
+    # -- network -------------------------------------------------------------------------
+    def _cut(self, groups: Sequence[Sequence[str]]) -> None:
+        for group in groups:
+            for other in groups:
+                if other is group:
+                    continue
+                for source in group:
+                    for destination in other:
+                        self.firewall.drop(source, destination)
+
+    def _partition(self, mode: str) -> str:
+        hosts = list(self.target.hosts)
+        if mode == "partition-leader":
+            leader = self.target.leader()
+            alone = hosts[leader - 1] if leader else self.rng.choice(hosts)
+            self._cut([[alone], [h for h in hosts if h != alone]])
+            return f"leader {alone} isolated" if leader else f"{alone} isolated (no leader known)"
+        if mode == "partition-halves":
+            self.rng.shuffle(hosts)
+            half = len(hosts) // 2 if self.rng.random() < 0.5 else (len(hosts) + 1) // 2
+            self._cut([hosts[:half], hosts[half:]])
+            return f"{hosts[:half]} | {hosts[half:]}"
+        if mode == "partition-bridge":
+            self.rng.shuffle(hosts)
+            bridge, left, right = hosts[0], hosts[1::2], hosts[2::2]
+            self._cut([left, right])
+            return f"{left} | {right}, bridged by {bridge}"
+        # partition-asym: one node's packets to the others are dropped; theirs still arrive
+        mute = self.rng.choice(hosts)
+        for other in hosts:
+            if other != mute:
+                self.firewall.drop(mute, other)
+        return f"{mute} -> others dropped (one way)"
+
+    def _loss(self) -> str:
+        for source in self.target.hosts:
+            for destination in self.target.hosts:
+                if source != destination:
+                    self.firewall.drop(source, destination, LOSS_PROBABILITY)
+        return f"{LOSS_PROBABILITY:.0%} random loss between all nodes"
+
+    # -- processes -----------------------------------------------------------------------
+    def _victims(self, fault: str) -> dict[str, int]:
+        pids = self.target.pids()
+        nodes = sorted({node for node, _ in pids})
+        if not nodes:
+            return {}
+        node = self.rng.choice(nodes)
+        if fault == "kill-node" or (fault == "pause" and self.rng.random() < 0.3):
+            kinds: Sequence[str] = PROCESS_TYPES
+        else:
+            kinds = [self.rng.choice(PROCESS_TYPES)]
+        return {f"node{node}-{kind}": pids[(node, kind)] for kind in kinds if (node, kind) in pids}
+
+    def _kill(self, fault: str, injection: Injection) -> str:
+        victims = self._victims(fault)
+        for pid in victims.values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        injection.pids = victims
+        return f"kill -9 {', '.join(f'{name} ({pid})' for name, pid in victims.items())}" if victims \
+            else "no running process to kill"
+
+    def _pause(self, injection: Injection) -> str:
+        victims = self._victims("pause")
+        for pid in victims.values():
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                self._stopped.append(pid)
+            except ProcessLookupError:
+                pass
+        injection.pids = victims
+        time.sleep(0.05)
+        stopped = [name for name, pid in victims.items() if _process_state(pid) == "T"]
+        injection.fired = bool(victims) and len(stopped) == len(victims)
+        injection.evidence = f"state T seen for {stopped}" if stopped else "no process seen stopped"
+        return f"SIGSTOP {', '.join(f'{name} ({pid})' for name, pid in victims.items())}"
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, fault: str) -> Injection:
+        """Inject `fault`; the caller heals it with `heal()` after holding it."""
+        if self.current is not None:
+            raise RuntimeError("heal the current fault before starting another")
+        injection = Injection(fault, "", self.clock())
+        if fault.startswith("partition"):
+            injection.detail = self._partition(fault)
+        elif fault == "loss":
+            injection.detail = self._loss()
+        elif fault in ("kill", "kill-node"):
+            injection.detail = self._kill(fault, injection)
+        elif fault == "pause":
+            injection.detail = self._pause(injection)
+        else:
+            raise ValueError(f"unknown fault {fault!r}")
+        self.current = injection
+        return injection
+
+    def heal(self) -> Injection | None:
+        """Undo the current fault and settle its evidence."""
+        injection, self.current = self.current, None
+        if injection is None:
+            return None
+        if injection.fault in NETWORK_FAULTS:
+            dropped = self.firewall.dropped_packets()
+            self.firewall.heal()
+            injection.fired = dropped > 0
+            injection.evidence = f"{dropped} packets between nodes dropped"
+        elif injection.fault == "pause":
+            for pid in self._stopped:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            self._stopped.clear()
+        elif injection.fault in ("kill", "kill-node"):
+            self._settle_kill(injection)
+        injection.ended = self.clock()
+        return injection
+
+    def _settle_kill(self, injection: Injection) -> None:
+        """A kill bit if each victim PID is gone and supervisord runs the program anew."""
+        deadline = time.monotonic() + 10.0
+        names = injection.pids
+        while True:
+            now = {f"node{node}-{kind}": pid for (node, kind), pid in self.target.pids().items()}
+            restarted = [name for name, old in names.items() if now.get(name) not in (None, old)]
+            if len(restarted) == len(names) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        gone = all(_process_state(pid) in ("gone", "Z") for pid in names.values())
+        injection.fired = bool(names) and gone and len(restarted) == len(names)
+        injection.evidence = (f"old PIDs gone: {gone}; restarted under new PIDs: {restarted}"
+                              if names else "nothing was killed")
+
+    def close(self) -> None:
+        """Heal whatever is still in force (SIGCONT paused processes, drop all rules)."""
+        self.heal()
+        self.firewall.heal()
+
+
+_SS_LINE = re.compile(r"(\d+\.\d+\.\d+\.\d+):(\d+)\s+(\d+\.\d+\.\d+\.\d+):(\d+)")
+
+
+def connections_between_nodes(hosts: Sequence[str], raft_ports: Sequence[int]) -> tuple[int, int]:
+    """(connections from a node address to a raft port, connections from elsewhere to one).
+
+    The second must be 0 for iptables rules written per node address to cut anything; if a
+    node dialled its peers from 127.0.0.1 a partition would silently be fake."""
+    out = subprocess.run(["ss", "-tnH", "state", "established"], capture_output=True, text=True,
+                         timeout=30).stdout
+    ports = {str(p) for p in raft_ports}
+    pinned = other = 0
+    for match in _SS_LINE.finditer(out):
+        local, _, peer, peer_port = match.groups()
+        if peer_port in ports and peer in hosts:
+            if local in hosts:
+                pinned += 1
+            else:
+                other += 1
+    return pinned, other
