@@ -183,3 +183,25 @@ def test_raft_process_drops_and_counts_malformed_frames(ctx, tmp_path):
         assert isinstance(node.call(StatusRequest(0)), StatusReply)
     finally:
         node.kill()
+
+
+def test_peer_links_dial_from_the_nodes_own_address(ctx):
+    """Firewall rules between node addresses only cut node traffic if each node sends from
+    its own address; on loopback the kernel would otherwise pick 127.0.0.1."""
+    from collections import Counter
+
+    from zraft.transport import PeerLinks
+
+    port = free_port()
+    inbox = peer_inbox(ctx, f"tcp://127.0.0.3:{port}")
+    links = PeerLinks(ctx, 1, {1: f"tcp://127.0.0.2:{free_port()}", 2: f"tcp://127.0.0.3:{port}"}, Counter())
+    try:
+        msg = Message(MsgType.HEARTBEAT, to=2, frm=1, term=1)
+        wait_for("the link to connect", lambda: links.send(msg), timeout=5)
+        assert inbox.poll(5000)
+        frames = inbox.recv_multipart(copy=False)
+        assert frames[0].bytes == b"1"
+        assert frames[0].get("Peer-Address") == "127.0.0.2"
+    finally:
+        links.close()
+        inbox.close(linger=0)

@@ -86,6 +86,7 @@ class RunResult:
     invalid: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     injections: list[Injection] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
     report: str = ""
 
     @property
@@ -96,6 +97,7 @@ class RunResult:
         return {"run": self.index, "seed": self.seed, "ops": self.ops, "violations": self.violations,
                 "lost": self.lost, "valid": self.valid, "invalid": self.invalid,
                 "problems": self.problems, "baseline_ops_per_s": round(self.baseline_rate, 1),
+                "outcomes": self.outcomes,
                 "faults": [i.to_json() for i in self.injections], "checker": self.report}
 
 
@@ -315,6 +317,8 @@ def _check(result: RunResult, history_path: Path, workload: Workload) -> None:
         result.invalid.append(f"the history could not be read: {exc}")
         return
     result.ops = report.ops
+    result.outcomes = dict(Counter(json.loads(line)["type"] for line in history_path.open()
+                                   if line.strip() and '"invoke"' not in line))
     result.violations = report.violations + report.unknown + len(result.problems)
     result.lost = report.lost
     result.report = report.summary()
@@ -369,8 +373,10 @@ def run_campaign(options: ChaosOptions, echo: Callable[[str], None] = print) -> 
              f"{options.time_s:g} s, faults {','.join(options.faults)}")
         result = run_once(options, index, seed, echo)
         status = "VALID" if result.valid else "INVALID"
-        echo(f"  {status}: {result.ops} ops, {result.violations} violations, {result.lost} lost, "
-             f"{result.baseline_rate:.0f} ops/s before faults; {result.report.splitlines()[0] if result.report else ''}")
+        outcomes = ", ".join(f"{n} {kind}" for kind, n in sorted(result.outcomes.items()))
+        echo(f"  {status}: {result.ops} ops ({outcomes}), {result.violations} violations, {result.lost} lost, "
+             f"{result.baseline_rate:.0f} ops/s before faults")
+        echo(f"    {result.report.splitlines()[0] if result.report else 'not checked'}")
         for line in result.invalid + result.problems + result.report.splitlines()[1:6]:
             echo(f"    {line}")
         runs.append(result)
