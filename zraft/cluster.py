@@ -101,7 +101,24 @@ def write_configs(directory: Path, nodes: int, http_port: int,
     return paths
 
 
-def supervisord_conf(directory: Path, config_paths: list[Path]) -> str:
+def fake_clock_environment(node_dir: Path) -> dict[str, str]:
+    """Run a node's processes under libfaketime, steered by `node_dir/faketime.rc`.
+
+    The file holds a libfaketime spec ("+0", "-120", "+0 x2") that each process re-reads at
+    most once a second; the chaos suite's clock fault rewrites it. Only the wall clock is
+    faked: changing the spec of a running process makes libfaketime's monotonic clock jump
+    backwards, which no real kernel does, and zraft's timers rely on monotonic time."""
+    libraries = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
+    if not libraries:
+        raise ClusterError("libfaketime is not installed (apt-get install faketime)")
+    spec = node_dir / "faketime.rc"
+    if not spec.exists():
+        spec.write_text("+0\n")
+    return {"LD_PRELOAD": str(libraries[0]), "FAKETIME_TIMESTAMP_FILE": str(spec),
+            "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def supervisord_conf(directory: Path, config_paths: list[Path], fake_clock: bool = False) -> str:
     """supervisord runs every process in the foreground and restarts it when it exits
     unexpectedly (a kill -9 or a non-zero exit); exit code 0 means a clean stop."""
     d = directory.resolve()
@@ -115,10 +132,13 @@ def supervisord_conf(directory: Path, config_paths: list[Path]) -> str:
     ]
     for node_id, path in enumerate(config_paths, start=1):
         node_dir = path.parent
+        environment = fake_clock_environment(node_dir) if fake_clock else {}
         for priority, proc in enumerate(PROCESSES, start=1):
             lines += [
                 f"[program:node{node_id}-{proc}]",
                 f"command={sys.executable} -m zraft run {proc} --config {path}",
+                *(["environment=" + ",".join(f'{k}="{v}"' for k, v in environment.items())]
+                  if environment else []),
                 f"priority={priority * 10}",
                 "autostart=true", "autorestart=unexpected", "exitcodes=0",
                 "startsecs=0", "startretries=1000", "stopsignal=TERM", "stopwaitsecs=10",
@@ -130,7 +150,8 @@ def supervisord_conf(directory: Path, config_paths: list[Path]) -> str:
 
 
 def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
-       raft: RaftSettings | None = None, hosts: Sequence[str] | None = None) -> list[NodeStatus]:
+       raft: RaftSettings | None = None, hosts: Sequence[str] | None = None,
+       fake_clock: bool = False) -> list[NodeStatus]:
     """Write configs, start supervisord with nodes x 3 programs, and wait for a leader.
 
     `hosts` gives each node its own listen address (the chaos suite uses 127.0.0.2, .3, ...
@@ -145,7 +166,7 @@ def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
                            "choose another --http-port or stop whatever holds them")
     config_paths = write_configs(directory, nodes, http_port, raft, hosts)
     conf = directory / "supervisord.conf"
-    conf.write_text(supervisord_conf(directory, config_paths))
+    conf.write_text(supervisord_conf(directory, config_paths, fake_clock))
     subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf.resolve())],
                    check=True, cwd=directory)
     deadline = time.monotonic() + timeout_s

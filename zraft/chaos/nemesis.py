@@ -7,7 +7,9 @@ every fault it injected can show it:
   interface between node addresses, in a chain of their own; the rules' packet counters
   prove that traffic between nodes was actually dropped;
 - kill -9: the process is gone, and supervisord later runs it again under a new PID;
-- pause: the process is seen in state T (stopped) before it is continued.
+- pause: the process is seen in state T (stopped) before it is continued;
+- clock: the node's API reports (in /status) a wall clock off by the injected offset, or
+  running at the injected rate, measured against ours.
 
 Network faults rely on each node sending from its own 127.0.0.x address (see
 zraft.transport.sockets.from_own_address); the runner checks that with `ss` before
@@ -28,7 +30,8 @@ from typing import Protocol
 
 NETWORK_FAULTS = ("partition-halves", "partition-leader", "partition-bridge", "partition-asym", "loss")
 PROCESS_FAULTS = ("kill", "kill-node", "pause")
-ALL_FAULTS = NETWORK_FAULTS + PROCESS_FAULTS
+CLOCK_FAULTS = ("clock",)
+ALL_FAULTS = NETWORK_FAULTS + PROCESS_FAULTS + CLOCK_FAULTS
 GROUPS: dict[str, tuple[str, ...]] = {
     "partition": ("partition-halves", "partition-leader", "partition-bridge", "partition-asym"),
     "all": ALL_FAULTS,
@@ -61,6 +64,12 @@ class Target(Protocol):
 
     def leader(self) -> int | None:
         """The current leader's node id, if one is known."""
+
+    def set_clock(self, node: int, spec: str) -> None:
+        """Give every process of `node` the libfaketime spec `spec` ("+0" is the true time)."""
+
+    def node_time(self, node: int) -> float | None:
+        """The wall clock of `node`'s processes (as its API reports it), or None."""
 
 
 @dataclass
@@ -130,7 +139,9 @@ class Nemesis:
         self.target, self.firewall, self.rng, self.clock = target, firewall, rng, clock
         self.current: Injection | None = None
         self._stopped: list[int] = []
-        self._killed: dict[str, int] = {}
+        self._clock_node = 0
+        self._clock_sample: tuple[float, float] | None = None
+        self._clock_change: tuple[str, float] = ("", 0.0)
 
     # -- network -------------------------------------------------------------------------
     def _cut(self, groups: Sequence[Sequence[str]]) -> None:
@@ -212,6 +223,46 @@ class Nemesis:
         injection.evidence = f"state T seen for {stopped}" if stopped else "no process seen stopped"
         return f"SIGSTOP {', '.join(f'{name} ({pid})' for name, pid in victims.items())}"
 
+    # -- clocks --------------------------------------------------------------------------
+    def _skew(self) -> str:
+        """Bump one node's wall clock by up to 5 minutes either way, or make it run at half
+        or double speed."""
+        self._clock_node = self.rng.randrange(1, len(self.target.hosts) + 1)
+        if self.rng.random() < 0.5:
+            offset = self.rng.choice((-1, 1)) * self.rng.randint(10, 300)
+            self._clock_change = ("offset", float(offset))
+            spec = f"{offset:+d}"
+        else:
+            rate = self.rng.choice((0.5, 2.0))
+            self._clock_change = ("rate", rate)
+            spec = f"+0 x{rate:g}"
+        self.target.set_clock(self._clock_node, spec)
+        time.sleep(1.2)  # processes re-read the spec at most once a second
+        self._clock_sample = self._sample_clock()
+        return f"node {self._clock_node} clock {spec}"
+
+    def _sample_clock(self) -> tuple[float, float] | None:
+        real = time.time()
+        fake = self.target.node_time(self._clock_node)
+        return None if fake is None else (real, fake)
+
+    def _settle_clock(self, injection: Injection) -> None:
+        end = self._sample_clock()
+        self.target.set_clock(self._clock_node, "+0")
+        start, (kind, amount) = self._clock_sample, self._clock_change
+        if start is None or end is None:
+            injection.evidence = "the node's clock could not be read"
+            return
+        if kind == "offset":
+            seen = end[1] - end[0]
+            injection.fired = abs(seen - amount) < 3.0
+            injection.evidence = f"node clock off by {seen:+.1f} s (injected {amount:+.0f} s)"
+        else:
+            real, fake = end[0] - start[0], end[1] - start[1]
+            seen = fake / real if real > 0 else 0.0
+            injection.fired = real >= 1.0 and abs(seen - amount) < 0.25 * amount
+            injection.evidence = f"node clock ran x{seen:.2f} over {real:.1f} s (injected x{amount:g})"
+
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, fault: str) -> Injection:
         """Inject `fault`; the caller heals it with `heal()` after holding it."""
@@ -226,6 +277,8 @@ class Nemesis:
             injection.detail = self._kill(fault, injection)
         elif fault == "pause":
             injection.detail = self._pause(injection)
+        elif fault == "clock":
+            injection.detail = self._skew()
         else:
             raise ValueError(f"unknown fault {fault!r}")
         self.current = injection
@@ -250,6 +303,8 @@ class Nemesis:
             self._stopped.clear()
         elif injection.fault in ("kill", "kill-node"):
             self._settle_kill(injection)
+        elif injection.fault == "clock":
+            self._settle_clock(injection)
         injection.ended = self.clock()
         return injection
 

@@ -28,9 +28,11 @@ import os
 import random
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from zraft import cluster
@@ -118,6 +120,21 @@ class LocalTarget:
 
     def leader(self) -> int | None:
         return next((c.id for c in self.configs if cluster.is_leader(c)), None)
+
+    def set_clock(self, node: int, spec: str) -> None:
+        path = self.directory / f"node{node}" / "faketime.rc"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(spec + "\n")
+        temporary.replace(path)  # a process never reads a half-written spec
+
+    def node_time(self, node: int) -> float | None:
+        http = self.configs[node - 1].me().http
+        try:
+            with urllib.request.urlopen(f"http://{http}/status", timeout=3) as response:
+                stamp = json.loads(response.read())["node"]["current_time"]
+            return datetime.fromisoformat(stamp).timestamp()
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
 
 class Workers:
@@ -246,7 +263,8 @@ def run_once(options: ChaosOptions, index: int, seed: int, echo: Callable[[str],
     cluster_dir = directory / "cluster"
     history_path = directory / "history.jsonl"
     history_path.unlink(missing_ok=True)
-    cluster.up(cluster_dir, NODES, options.http_port, timeout_s=60.0, hosts=options.hosts)
+    cluster.up(cluster_dir, NODES, options.http_port, timeout_s=60.0, hosts=options.hosts,
+               fake_clock="clock" in options.faults)
     firewall = Firewall(f"ZRAFT-{os.getpid() % 10**6}-{index}")
     try:
         target = LocalTarget(cluster_dir, options.hosts)
