@@ -22,6 +22,7 @@ class FakeRaft:
         self.publish = publish
         self.sndhwm = sndhwm
         self.fetches = 0
+        self.disk_full_reports: list[str] = []  # FetchEntries.disk_full of every fetch, in order
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -38,6 +39,12 @@ class FakeRaft:
         with self._lock:
             self.entries.extend(entries)
             self.commit = self.entries[-1].index
+
+    def announce_commit(self, commit: int) -> None:
+        """Report `commit` in notices and fetch replies before its entries can be fetched, as
+        a raft process would while the store cannot keep up: the store then lags."""
+        with self._lock:
+            self.commit = commit
 
     def _serve(self) -> None:
         ctx = zmq.Context.instance()
@@ -56,6 +63,7 @@ class FakeRaft:
                     msg = decode(frames)
                     if isinstance(msg, FetchEntries):
                         self.fetches += 1
+                        self.disk_full_reports.append(msg.disk_full)
                         with self._lock:
                             batch = [e for e in self.entries if e.index >= msg.start][:200]
                             commit = self.commit

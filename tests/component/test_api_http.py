@@ -201,6 +201,18 @@ def test_raft_unavailable_is_503(env: Env) -> None:
     assert (status, body) == (503, b"raft is restarting\n")
 
 
+def test_disk_full_is_503_in_rqlites_error_shape_and_not_applied_is_200(env: Env) -> None:
+    """Refused before the log (safe to retry): 503; in the log but not applicable here
+    (outcome unknown, like a timeout): 200; both carry rqlite's JSON error."""
+    env.raft.propose_error = Error(id=0, code="disk_full", message="disk full: /data/raft: No space left")
+    status, doc = env.node.json("POST", "/db/execute", ["INSERT INTO foo VALUES(1)"])
+    assert (status, doc) == (503, {"results": [], "error": "disk full: /data/raft: No space left"})
+    env.raft.propose_error = None
+    env.store.wait_error = Error(id=0, code="not_applied", message="disk full: /data/db.sqlite: outcome unknown")
+    status, doc = env.node.json("POST", "/db/execute", ["INSERT INTO foo VALUES(1)"])
+    assert (status, doc) == (200, {"results": [], "error": "disk full: /data/db.sqlite: outcome unknown"})
+
+
 # == reads ====================================================================================
 def test_query_none_reads_the_local_store_without_raft(env: Env) -> None:
     status, doc = env.node.json("GET", "/db/query?level=none&q=SELECT%20*%20FROM%20foo")

@@ -183,6 +183,8 @@ class FakeStore:
         self.raft = raft
         self.delay = 0.0
         self.wait_error: Error | None = None
+        self.lag_ms: int | None = 0
+        """What the status reply says of how long the data has lagged (None: unknown)."""
 
     def handle(self, msg: WireMessage) -> WireMessage | Delayed | None:
         reply = self._reply(msg)
@@ -200,7 +202,7 @@ class FakeStore:
             return QueryResult(id=mid, results=[result_for(s[0], s[1], 0) for s in msg.statements],
                                applied=len(self.raft.log))
         if isinstance(msg, StatusRequest):
-            return StatusReply(id=mid, status={"applied": len(self.raft.log)})
+            return StatusReply(id=mid, status={"applied": len(self.raft.log), "lag_ms": self.lag_ms})
         return Error(id=mid, code="bad_request", message=f"fake store: {type(msg).__name__}")
 
 

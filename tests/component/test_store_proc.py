@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +16,21 @@ import zmq
 
 from tests.component.fakes import FakeRaft
 from zraft.config import NodeConfig, Peer, render
+from zraft.procs.store_proc import StoreProcess
 from zraft.raft.types import Entry, EntryKind
 from zraft.store.command import Command, Statement, encode_command
 from zraft.wire import decode, encode
-from zraft.wire.messages import AppliedResult, Error, Query, QueryResult, WaitApplied, WireMessage
+from zraft.wire.messages import (
+    AppliedResult,
+    CommitNotice,
+    Error,
+    Query,
+    QueryResult,
+    StatusReply,
+    StatusRequest,
+    WaitApplied,
+    WireMessage,
+)
 
 
 def make_config(tmp_path: Path) -> tuple[NodeConfig, Path]:
@@ -159,3 +170,83 @@ def test_sigterm_exits_zero(node) -> None:
         call(config, Query(id=1, statements=[["SELECT 1", None]]))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def store_status(config: NodeConfig) -> dict[str, object]:
+    reply = call(config, StatusRequest(id=9))
+    assert isinstance(reply, StatusReply), reply
+    return reply.status
+
+
+def wait_status(config: NodeConfig, ok: Callable[[dict[str, object]], bool],
+                timeout_s: float = 10) -> dict[str, object]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = store_status(config)
+        if ok(status):
+            return status
+        assert time.monotonic() < deadline, f"store status never matched: {status}"
+        time.sleep(0.02)
+
+
+def test_lag_grows_while_a_known_commit_is_unapplied_and_is_zero_once_caught_up(node) -> None:
+    """freshness_strict's input: lag_ms counts while the store knows of commits it has not
+    applied, and is 0 again (not merely smaller) once it has applied them."""
+    config, path, procs = node
+    with FakeRaft(config) as raft:
+        raft.commit_entries([create_entry(1), *insert_entries(2, 2)])
+        procs.append(start_store(path))
+        assert count_rows(config, 3) == 2
+        status = wait_status(config, lambda s: s["known_commit"] == 3)
+        assert status["applied"] == 3 and status["lag_ms"] == 0
+        raft.announce_commit(10)  # committed, but the store cannot fetch 4..10 yet
+        wait_status(config, lambda s: s["known_commit"] == 10)
+        time.sleep(0.3)
+        first = store_status(config)
+        assert first["applied"] == 3
+        assert isinstance(first["lag_ms"], int) and first["lag_ms"] >= 300
+        time.sleep(0.2)
+        second = store_status(config)
+        assert isinstance(second["lag_ms"], int) and second["lag_ms"] >= first["lag_ms"] + 200
+        raft.commit_entries(insert_entries(4, 7))
+        assert count_rows(config, 10) == 9
+        status = store_status(config)
+        assert (status["applied"], status["lag_ms"]) == (10, 0)
+
+
+def test_lag_is_unknown_when_the_store_starts_behind(node) -> None:
+    """A store that restarts behind the commit index cannot say how old its data is: lag_ms is
+    None (a strict read refuses it) until it has caught up."""
+    config, path, procs = node
+    with FakeRaft(config) as raft:
+        raft.announce_commit(3)
+        procs.append(start_store(path))
+        status = wait_status(config, lambda s: s["known_commit"] == 3)
+        assert status["applied"] == 0 and status["lag_ms"] is None
+        raft.commit_entries([create_entry(1), *insert_entries(2, 2)])
+        assert count_rows(config, 3) == 2
+        assert store_status(config)["lag_ms"] == 0
+
+
+def test_lag_counts_from_before_a_backlog_of_notices_was_read(tmp_path: Path) -> None:
+    """A store stalled for 5 s then reads a backlog of notices at once: their commits may have
+    happened early in the stall, so the lag counts from the last moment the raft commit is
+    known to have been the applied one (the SUB queue was empty, then a notice said 0), not
+    from when the backlog was read (about 0 lag, which would let a strict read through)."""
+    config, _ = make_config(tmp_path)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    proc = StoreProcess(config, ctx)
+    try:
+        proc._sub_empty_at = 100.0
+        proc._on_notice(CommitNotice(epoch=1, seq=1, commit=0, term=1, leader=1))  # caught up
+        proc._sub_empty_at = 100.1  # ... a 5 s stall; the backlog is read at 105.1
+        for seq, commit in ((2, 3), (3, 7)):
+            proc._on_notice(CommitNotice(epoch=1, seq=seq, commit=commit, term=1, leader=1))
+        assert proc.known_commit == 7
+        assert 5100 <= proc.lag_ms(now=105.1) <= 5101  # from 100.0, when the raft commit was 0
+        proc._sub_empty_at = 105.1
+        proc._on_notice(CommitNotice(epoch=1, seq=4, commit=9, term=1, leader=1))
+        assert 5200 <= proc.lag_ms(now=105.2) <= 5201  # the oldest unapplied commit still counts
+    finally:
+        proc.close()
+        ctx.term()

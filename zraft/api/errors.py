@@ -12,6 +12,8 @@ Every failure a request can meet is one of these; `code` is the wire code carrie
     |   +-- Busy                ("busy")               -> 503 text
     +-- Timeout                 ("timeout")            -> 200 JSON error (as rqlite)
     +-- LeadershipLost          ("leadership_lost")    -> 200 JSON error (as rqlite)
+    +-- DiskFull                ("disk_full")          -> 503 JSON error
+    +-- NotApplied              ("not_applied")        -> 200 JSON error
 
 SQL errors are never exceptions: they are per-statement results.
 """
@@ -65,9 +67,25 @@ class LeadershipLost(ApiError):
     code = "leadership_lost"
 
 
+class DiskFull(ApiError):
+    """A node's disk is full: the write was refused before anything was appended (safe to
+    retry), or a read cannot be served until that node can apply the log again. The message
+    starts with "disk full: " and names the path."""
+
+    code = "disk_full"
+
+
+class NotApplied(ApiError):
+    """The write reached the log, but this node cannot apply it now (its disk is full): its
+    outcome is unknown, as after a timeout. The message starts with "disk full: "."""
+
+    code = "not_applied"
+
+
 _BY_CODE: dict[str, type[ApiError]] = {
     cls.code: cls
-    for cls in (ApiError, BadRequest, TooLarge, NotLeader, Unavailable, Busy, Timeout, LeadershipLost)
+    for cls in (ApiError, BadRequest, TooLarge, NotLeader, Unavailable, Busy, Timeout, LeadershipLost,
+                DiskFull, NotApplied)
 }
 
 

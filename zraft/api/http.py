@@ -10,12 +10,18 @@ Rules of this module:
   reading anything, and otherwise by a capped read;
 - error mapping (zraft.api.errors): BadRequest 400 text, TooLarge 413 text, NotLeader 503
   "leader not found" (301 to the leader with ?redirect), Unavailable/Busy 503 text, every
-  other failure 200 `{"results": [], "error": "..."}` as rqlite does;
+  other failure 200 `{"results": [], "error": "..."}` as rqlite does, except DiskFull: 503
+  with that same JSON body;
 - every response carries X-RQLITE-VERSION; served requests carry X-RQLITE-SERVED-BY (the
   HTTP address of the node that executed them);
 - request-level checks before anything runs: rqlite's disallowed PRAGMAs (200
   `{"results": [], "error": "disallowed pragma"}` as rqlite), negative durations (400),
-  `freshness` on level=none reads ("stale read");
+  `freshness` / `freshness_strict` on level=none reads ("stale read", Service.check_freshness);
+- `noparse` skips rewriting for strong reads only (Service.rewritten says why); `retries` is
+  validated and not used: a forward already waits the request's whole `timeout` while
+  ZeroMQ reconnects, and is retried only where nothing can have been appended (not-leader
+  answers); resending a write whose outcome is unknown, as rqlite's retries do, could apply
+  it twice; `nonvoters` changes nothing on /nodes since every configured node is a voter;
 - /db/request classifies with SQLite (zraft.api.classify), /db/execute?queue uses
   zraft.api.queue, /db/backup and /db/load zraft.api.backup; statements are rewritten for
   determinism in zraft.api.service before they enter the log.
@@ -42,6 +48,7 @@ from zraft.api.errors import (
     LEADER_NOT_FOUND,
     ApiError,
     BadRequest,
+    DiskFull,
     NotLeader,
     TooLarge,
     Unavailable,
@@ -95,6 +102,7 @@ class Params:
     qualify_columns: bool = False
     norwrandom: bool = False
     norwtime: bool = False
+    noparse: bool = False
     queue: bool = False
     wait: bool = False
     noleader: bool = False
@@ -137,7 +145,8 @@ def parse_params(query: MultiMapping[str]) -> Params:
         associative="associative" in query, blob_array="blob_array" in query,
         raft_index="raft_index" in query, redirect="redirect" in query,
         qualify_columns="qualify_columns" in query, norwrandom="norwrandom" in query,
-        norwtime="norwtime" in query, queue="queue" in query, wait="wait" in query,
+        norwtime="norwtime" in query, noparse="noparse" in query, queue="queue" in query,
+        wait="wait" in query,
         noleader="noleader" in query, freshness=durations["freshness"],
         freshness_strict="freshness_strict" in query, level=level, timeout=timeout,
         db_timeout=durations["db_timeout"],
@@ -146,7 +155,8 @@ def parse_params(query: MultiMapping[str]) -> Params:
 
 def _options(params: Params) -> dict[str, Any]:
     options: dict[str, Any] = {}
-    for name in ("associative", "blob_array", "timings", "qualify_columns", "norwrandom", "norwtime"):
+    for name in ("associative", "blob_array", "timings", "qualify_columns", "norwrandom", "norwtime",
+                 "noparse"):
         if getattr(params, name):
             options[name] = True
     if params.db_timeout:
@@ -241,7 +251,9 @@ class HttpApi:
         if isinstance(exc, Unavailable):
             return text_response(503, exc.message)
         pretty = "pretty" in request.query
+        # A full disk is a 503 (try again later, or elsewhere) in rqlite's JSON error shape.
         return web.Response(body=dumps({"results": [], "error": exc.message}, pretty),
+                            status=503 if isinstance(exc, DiskFull) else 200,
                             content_type=JSON_TYPE, charset="utf-8")
 
     # == /db ===================================================================================
@@ -274,7 +286,7 @@ class HttpApi:
             if not leader:
                 raise NotLeader(LEADER_NOT_FOUND)
         req = self._request(statements, params)
-        seq = self.queue.enqueue(self.service.rewritten(req))
+        seq = self.queue.enqueue(self.service.rewritten(req, read_only=False))
         if params.wait:
             timeout = params.timeout or self.config.api.request_timeout_ms / 1000
             if not await self.queue.wait(seq, timeout):
@@ -317,14 +329,12 @@ class HttpApi:
             raise ApiError("disallowed pragma")
 
     async def _check_freshness(self, params: Params) -> None:
-        """rqlite level=none + freshness: refuse a read from a node that lost touch with the leader."""
+        """rqlite level=none + freshness: refuse a read from a node that lost touch with the
+        leader, and with freshness_strict also one whose data lags (Service.check_freshness)."""
         if params.level != "none" or params.freshness is None or params.freshness <= 0:
             return
-        age = self.service.leader_contact_age()
-        if age is None:
-            return  # this node is the leader
-        if age > params.freshness:
-            raise ApiError("stale read")
+        timeout = params.timeout or self.config.api.request_timeout_ms / 1000
+        await self.service.check_freshness(params.freshness, params.freshness_strict, timeout)
 
     async def query(self, request: web.Request) -> web.StreamResponse:
         params = parse_params(request.query)

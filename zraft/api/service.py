@@ -45,8 +45,9 @@ from zraft.store.command import Command, CommandError, Statement, encode_command
 from zraft.wire.messages import CommitNotice, WireMessage
 
 LEVELS = ("none", "weak", "linearizable", "strong")
-REWRITE_OPTIONS = ("norwrandom", "norwtime")
+REWRITE_OPTIONS = ("norwrandom", "norwtime", "noparse")
 """Request options that switch off statement rewriting (forwarded with the request)."""
+STALE_READ = "stale read"
 STORE_OPTIONS = ("associative", "blob_array", "timings", "transaction", "qualify_columns", "db_timeout_ms")
 """Request options passed on to the store (and to the leader when forwarding)."""
 MAX_FORWARD_ATTEMPTS = 3
@@ -215,14 +216,24 @@ class Service:
 
     # == writes ================================================================================
     async def execute(self, req: Request) -> Outcome:
-        req.statements = self.rewritten(req)
+        req.statements = self.rewritten(req, read_only=False)
         data = _command(req.statements, req.transaction)
         return await self._through_log(req, data, self._forward_execute)
 
     @staticmethod
-    def rewritten(req: Request) -> list[Statement]:
+    def rewritten(req: Request, read_only: bool) -> list[Statement]:
         """The request's statements made deterministic (zraft.sql.rewrite) before they enter
-        the log, unless norwrandom / norwtime say otherwise; BadRequest when impossible."""
+        the log, unless norwrandom / norwtime say otherwise; BadRequest when impossible.
+
+        rqlite's `noparse` skips its SQL parser and so all rewriting. Here it does so only for
+        a read-only command (a strong query): every node runs that with writes refused, and
+        only the leader's rows are returned, so an unrewritten RANDOM() or 'now' cannot make
+        the nodes' databases differ. A write keeps being rewritten: an unrewritten write
+        would put a different database on every node, and a flag that exists to skip a
+        parser (zraft's rewriter is a lexer; it cannot fail on SQL it does not understand)
+        is no reason to accept that. norwrandom / norwtime remain the explicit way to do so."""
+        if read_only and req.options.get("noparse"):
+            return list(req.statements)
         rand = not req.options.get("norwrandom")
         tm = not req.options.get("norwtime")
         try:
@@ -288,7 +299,7 @@ class Service:
         if req.level == "none":
             return await self._local_query(req, 0)
         if req.level == "strong":
-            req.statements = self.rewritten(req)
+            req.statements = self.rewritten(req, read_only=True)
             return await self._through_log(req, _command(req.statements, req.transaction, read_only=True),
                                            self._forward_query)
         if req.level == "weak":
@@ -421,6 +432,31 @@ class Service:
         if not cache.leader:
             return float("inf")
         return time.monotonic() - cache._at
+
+    async def check_freshness(self, freshness: float, strict: bool, timeout: float) -> None:
+        """rqlite's `freshness` (and `freshness_strict`) on a level=none read: raise "stale
+        read" rather than serve data that may be older than `freshness` seconds.
+
+        - Not the leader: refused when this node last heard of a leader more than
+          `freshness` ago (rqlite's check, which a leader skips, as in rqlite).
+        - `strict`, on any node: also refused when the store's `lag_ms` (how long its applied
+          data has been behind a commit index it knew of; zraft.procs.store_proc) exceeds
+          `freshness`, or is unknown. rqlite skips the leader here too and compares leader
+          clock append times instead; this check is on local monotonic time and also covers
+          a leader whose store is stuck, since a strict read promises the data is no older
+          than `freshness` behind what was committed, whoever serves it.
+        The store is asked before the read and the read runs after, so the data read is at
+        least as new as the data checked."""
+        if freshness <= 0:
+            return
+        age = self.leader_contact_age()
+        if age is not None and age > freshness:
+            raise ApiError(STALE_READ)
+        if not strict:
+            return
+        lag = (await self.store.status(min(timeout, STATUS_TIMEOUT_S))).get("lag_ms")
+        if not isinstance(lag, int) or isinstance(lag, bool) or lag > freshness * 1000:
+            raise ApiError(STALE_READ)  # None: behind since before the store (re)started
 
     async def sync_check(self, timeout: float) -> tuple[bool, str]:
         """rqlite /readyz?sync: wait until this node has applied the commit index it knows of now."""

@@ -58,4 +58,9 @@ class LogStore(Protocol):
 
     def snapshot_meta(self) -> SnapshotMeta: ...
 
+    def reopen(self) -> None:
+        """After a failed write: drop whatever is not known durable and forget the failure;
+        the next call recovers from stable storage as a restart would."""
+        ...
+
     def close(self) -> None: ...

@@ -79,6 +79,27 @@ class FileLogStore:
             for fd in (st.writer.fd, *st.readers.values()):
                 os.close(fd)
 
+    def reopen(self) -> None:
+        """Forget an earlier failure (a full disk, most often) without losing anything durable.
+
+        Every byte written after the last successful sync is cut off (a partial batch, or pages
+        a failed fsync may have dropped while the page cache still shows them), the files are
+        closed, and the next call recovers from the disk exactly as a restart would. Raises
+        OSError if even the cut fails; the store then stays failed."""
+        if self._closed:
+            raise LogStoreError(f"log store {self._dir} is closed")
+        st, self._state = self._state, None
+        if st is not None:
+            try:
+                st.writer.drop_unsynced()
+            except BaseException as exc:
+                self._failed = exc
+                raise
+            finally:
+                for fd in (st.writer.fd, *st.readers.values()):
+                    os.close(fd)
+        self._failed = None
+
     def __enter__(self) -> FileLogStore:
         return self
 

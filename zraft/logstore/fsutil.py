@@ -12,6 +12,9 @@ from pathlib import Path
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+"""The errnos of a full disk or an exhausted quota: space may come back."""
+
 
 def datasync(fd: int) -> None:
     """Flush file data (and the size, if it grew) without forcing unrelated metadata."""
@@ -51,14 +54,17 @@ def pread_exact(fd: int, size: int, offset: int) -> bytes:
 
 def preallocate(fd: int, size: int) -> None:
     """Reserve blocks up to `size` so later fdatasyncs need not journal block allocation
-    (measured about 1.5x faster on ext4). Best effort: skipped where unsupported."""
+    (measured about 1.5x faster on ext4). Best effort: skipped where unsupported, and when
+    the disk has no room for the whole reservation (the writes then take what space there
+    is, and a full disk shows up as ENOSPC on the write that needs it)."""
     if not hasattr(os, "posix_fallocate"):
         return
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, *NO_SPACE):
             raise
+
 
 
 def read_file(path: Path) -> bytes:

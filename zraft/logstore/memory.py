@@ -21,6 +21,9 @@ class MemoryLogStore:
     def load(self) -> InitialState:
         return InitialState(hard_state=self._hard, snapshot=self._snap, entries=tuple(self._entries))
 
+    def reopen(self) -> None:
+        """Nothing can fail in memory, so there is nothing to drop."""
+
     def close(self) -> None:
         """Nothing to release; the contents survive so a test can "reopen" the same object."""
 

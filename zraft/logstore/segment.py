@@ -160,6 +160,9 @@ class SegmentWriter:
         self.seq = seq
         self.path = path
         self.tail = tail
+        self.synced = tail
+        """Bytes [0, synced) are known durable (the last sync succeeded); what lies beyond
+        may be lost by a crash, or may be in the page cache only after a failed fsync."""
         self.data_start = data_start
         """Offset just after the checkpoint: a segment with tail == data_start holds no
         records of its own, so it is never rolled over (a huge batch may overfill it)."""
@@ -176,6 +179,7 @@ class SegmentWriter:
             fsutil.fsync_dir(directory)
         except BaseException:
             os.close(fd)
+            _unlink_quietly(path)  # ours (O_EXCL) and never complete: no half segment stays
             raise
         end = FILE_HEADER.size + len(checkpoint)
         return cls(fd, seq, path, end, end)
@@ -207,9 +211,26 @@ class SegmentWriter:
 
     def sync(self) -> None:
         fsutil.datasync(self.fd)
+        self.synced = self.tail
+
+    def drop_unsynced(self) -> None:
+        """After a failed write or sync: cut the file back to what is known durable, so that
+        nothing a crash could have lost (a partial batch, pages a failed fsync dropped) is
+        ever read back as if it had been persisted."""
+        os.ftruncate(self.fd, self.synced)
+        os.fsync(self.fd)
+        self.tail = self.synced
 
     def seal(self) -> None:
         """Before rolling over: cut the unused preallocated space and make everything
         durable, so a later segment's existence implies this one is complete."""
         os.ftruncate(self.fd, self.tail)
         os.fsync(self.fd)
+        self.synced = self.tail
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        log.warning("%s: cannot remove an incomplete new segment: %s", path, exc)

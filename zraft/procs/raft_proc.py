@@ -16,6 +16,11 @@ Rules of this module:
 - bad input from outside (undecodable frames, bad requests) is counted and dropped; a broken
   invariant inside (log corruption, LogInvariantError) ends the process with a non-zero exit
   code so that the supervisor restarts it;
+- a write to the log that fails with an OSError (a full disk above all) ends nothing: the log
+  store drops what is not known durable, the core is rebuilt from the disk exactly as a restart
+  would, and the node sits out for PERSIST_RETRY_S (peer traffic dropped, no ticks, writes
+  refused with "disk full: ...") before trying again; while its disk (or its store's) is full
+  the core defers campaigning and a leader hands leadership to another node;
 - everything is bounded: uncommitted proposals, pending reads (each with a deadline), and the
   messages drained per socket per turn.
 """
@@ -39,7 +44,7 @@ from typing import Any
 import zmq
 
 from zraft.config import ConfigError, NodeConfig, load
-from zraft.logstore import FileLogStore, LogCompactedError, LogStore, LogStoreError
+from zraft.logstore import FileLogStore, LogCompactedError, LogStore, LogStoreError, fsutil
 from zraft.raft import (
     NONE,
     ConfChange,
@@ -95,6 +100,13 @@ MAX_FETCH_WAIT_S = 1.0
 """Longest a long-poll FetchEntries (wait_ms > 0) is held before an empty reply."""
 MAX_PARKED_FETCHES = 16
 """Long-poll fetches held at once; beyond this a fetch is answered at once, as without wait."""
+PERSIST_RETRY_S = 1.0
+"""After a failed log write the node sits out this long before it tries to persist again."""
+STORE_FULL_TTL_S = 5.0
+"""The store's "disk full" report (carried by its fetches, at least every second while it
+lasts) is forgotten after this long without a fetch, e.g. when the store process died."""
+TRANSFER_RETRY_S = 1.0
+"""A leader that cannot take writes tries a leadership transfer this often."""
 
 _CONF_OPS = {
     "add_learner": ConfChangeKind.ADD_LEARNER,
@@ -147,6 +159,13 @@ class RaftProcess:
         self._last_notice = 0.0
         self._leader = NONE
         self._term = self.core.term
+        self._log_full = ""  # why the log cannot be written ("disk full: ..."); "" when fine
+        self._log_full_code = "disk_full"
+        self._frozen_until = 0.0  # sitting out after a failed log write, until then
+        self._store_full = ""  # the store's report that it cannot apply (see FetchEntries)
+        self._store_full_at = 0.0
+        self._next_transfer = 0.0
+        self._transfer_round = 0
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
             self._open_sockets()
@@ -196,15 +215,21 @@ class RaftProcess:
 
     def turn(self) -> None:
         events = dict(self._poller.poll(self._poll_timeout_ms()))
+        frozen = self._frozen()
         if events.get(self._inbox):
-            self._drain_peers()
+            if frozen:
+                self.stats["peer_dropped_disk_full"] += len(recv_batch(self._inbox, MAX_DRAIN))
+            else:
+                self._drain_peers()
         if events.get(self._rpc):
             self._drain_rpc()
         now = time.monotonic()
         if self._fetches:  # entries the acknowledgements just committed go out first
             self.durable_commit = min(self.core.log.committed, self.core.log.stable)
             self._serve_parked_fetches(now)
-        self._tick_due(now)
+        if not frozen:
+            self._tick_due(now)
+        self._update_deferral(now)
         self._expire_reads(now)
         self._process_ready()
         if self._proposed:
@@ -284,11 +309,20 @@ class RaftProcess:
             self._send_all(rd.messages)
             if self._proposed:  # after the AppendEntries, before the fsync
                 self._send_proposed()
-            if rd.snapshot is not None:
-                self._install_snapshot(rd.snapshot)
-            if rd.hard_state is not None or rd.entries:
-                store.save(rd.hard_state, rd.entries, sync=rd.must_sync)
-                self.stats["syncs" if rd.must_sync else "writes"] += 1
+            try:
+                if rd.snapshot is not None:
+                    self._install_snapshot(rd.snapshot)
+                if rd.hard_state is not None or rd.entries:
+                    store.save(rd.hard_state, rd.entries, sync=rd.must_sync)
+                    self.stats["syncs" if rd.must_sync else "writes"] += 1
+            except OSError as exc:
+                # Nothing of this Ready is durable: its persist-dependent messages are never
+                # sent and advance() is never called; the core is rebuilt from the disk.
+                self._persist_failed(exc)
+                return
+            if self._log_full and (rd.entries or rd.hard_state is not None):
+                log.warning("the log persists again (after: %s); taking part again", self._log_full)
+                self._log_full = ""
             if rd.hard_state is not None and rd.hard_state.term != self._term:
                 self._term = rd.hard_state.term
                 log.info("term %d (vote %d)", rd.hard_state.term, rd.hard_state.vote)
@@ -296,6 +330,76 @@ class RaftProcess:
             self._answer_reads(rd.read_states)
             core.advance(rd)
             self.durable_commit = min(core.log.committed, core.log.stable)
+
+    # == a log that cannot be written (disk full) =============================================
+    def _frozen(self) -> bool:
+        return bool(self._log_full) and time.monotonic() < self._frozen_until
+
+    def _persist_failed(self, exc: OSError) -> None:
+        """Recover from a failed log write in place, as a restart would, instead of exiting.
+
+        The core believed nothing of the failed Ready durable yet (advance() was not called),
+        but earlier unsynced bytes and a partial batch may sit in the files: the store cuts
+        everything after its last successful sync, then the core is rebuilt from what the disk
+        really holds (crash recovery, which is proven safe). The node then sits out for
+        PERSIST_RETRY_S: a follower that cannot persist must not acknowledge, and retrying on
+        every AppendEntries would reload the log many times a second."""
+        full = exc.errno in fsutil.NO_SPACE
+        self._log_full = f"{'disk full' if full else 'disk error'}: {self.config.log_dir}: {exc.strerror or exc}"
+        self._log_full_code = "disk_full" if full else "unavailable"
+        self.stats["persist_failures"] += 1
+        log.error("cannot write the log (%s): dropping what is not durable, reloading from disk, "
+                  "refusing writes; retrying in %.1f s", self._log_full, PERSIST_RETRY_S)
+        self.store.reopen()  # an OSError here is fatal: the store stays failed
+        self.core = RaftCore(_core_config(self.config), random.Random(os.urandom(16)), self._initial_state())
+        self.core.defer_campaign(True)
+        self.durable_commit = min(self.core.log.committed, self.core.log.stable)
+        self._frozen_until = time.monotonic() + PERSIST_RETRY_S
+        self._next_tick = self._frozen_until + self._tick_s
+        self._fail_reads(self._log_full_code, self._log_full)
+        if self._leader != NONE:
+            log.info("role follower, leader 0, term %d (rebuilt from disk)", self.core.term)
+            self._leader = NONE
+        self._term = self.core.term
+
+    def _update_deferral(self, now: float) -> None:
+        """Keep the core's campaign deferral in step with the disk, and move leadership away
+        from a node that cannot take writes."""
+        if self._store_full and now - self._store_full_at > STORE_FULL_TTL_S:
+            log.warning("no word from the store for %.0f s: forgetting its report (%s)",
+                        STORE_FULL_TTL_S, self._store_full)
+            self._store_full = ""
+        deferred = bool(self._log_full or self._store_full)
+        core = self.core
+        if deferred != core.campaign_deferred:
+            core.defer_campaign(deferred)
+            log.info("campaigning %s", "deferred: this node cannot take writes" if deferred else "normal again")
+        if not deferred or core.role != Role.LEADER or core.lead_transferee != NONE or now < self._next_transfer:
+            return
+        self._next_transfer = now + TRANSFER_RETRY_S
+        candidates = sorted((-p.match, node) for node, p in core.progress.items()
+                            if node != core.id and node in core.conf.voters and p.recent_active)
+        if candidates:
+            target = candidates[self._transfer_round % len(candidates)][1]
+            self._transfer_round += 1
+            log.info("handing leadership to node %d: this node cannot take writes", target)
+            core.transfer_leader(target)
+
+    def _disk_refusal(self, request_id: int) -> Error | None:
+        """The reply to a write this node must refuse because a disk is full, else None.
+
+        A log that cannot be written refuses everything. A store that cannot apply refuses only
+        on the leader (which is handing leadership over): a follower answers not_leader as
+        usual, and its API forwards the write to a leader that can take it."""
+        if self._log_full:
+            self.stats["proposals_disk_full"] += 1
+            return Error(request_id, self._log_full_code,
+                         f"{self._log_full}; node {self.config.id} takes no writes until it can persist again")
+        if self._store_full and self.core.role == Role.LEADER:
+            self.stats["proposals_disk_full"] += 1
+            return Error(request_id, "disk_full",
+                         f"{self._store_full}; node {self.config.id} takes no writes until its store can apply")
+        return None
 
     def _on_soft_state(self, soft: SoftState) -> None:
         if soft.leader != self._leader:
@@ -351,6 +455,9 @@ class RaftProcess:
 
     def _on_propose(self, identity: bytes, req: Propose) -> WireMessage:
         core = self.core
+        refusal = self._disk_refusal(req.id)
+        if refusal is not None:
+            return refusal
         if core.role != Role.LEADER:
             return self._not_leader(req.id)
         if core.log.last_index() - core.log.committed >= self.config.raft.max_pending_proposals:
@@ -376,6 +483,8 @@ class RaftProcess:
         return ProposedBatch(req.id, results)
 
     def _on_read_index(self, identity: bytes, req: ReadIndex) -> WireMessage | None:
+        if self._frozen():
+            return Error(req.id, self._log_full_code, f"{self._log_full}; node {self.config.id} is sitting out")
         if len(self._reads) >= self._max_reads:
             return Error(req.id, "busy", "too many pending reads", leader=self.core.leader)
         read_id = next(self._read_ids)
@@ -417,7 +526,7 @@ class RaftProcess:
             "first_index": core.log.first_index(), "last_index": core.log.last_index(),
             "voters": list(core.conf.voters), "learners": list(core.conf.learners),
             "epoch": self.epoch, "seq": self._seq, "pending_reads": len(self._reads),
-            "stats": dict(self.stats),
+            "disk_full": self._log_full or self._store_full, "stats": dict(self.stats),
         }
         if core.role == Role.LEADER:
             status["progress"] = {
@@ -426,6 +535,13 @@ class RaftProcess:
         return status
 
     def _on_fetch(self, identity: bytes, req: FetchEntries) -> WireMessage | None:
+        if req.disk_full != self._store_full:
+            if req.disk_full:
+                log.warning("the store cannot apply: %s", req.disk_full)
+            else:
+                log.warning("the store applies again")
+            self._store_full = req.disk_full
+        self._store_full_at = time.monotonic()
         hi = self.durable_commit
         if req.start < 1:
             return Error(req.id, "bad_request", "start must be at least 1")
@@ -473,6 +589,9 @@ class RaftProcess:
             return Error(req.id, "bad_request", f"unknown membership op {req.op!r}")
         if kind != ConfChangeKind.REMOVE and self.config.peer(req.node_id) is None:
             return Error(req.id, "bad_request", f"node {req.node_id} has no address in the configuration")
+        refusal = self._disk_refusal(req.id)
+        if refusal is not None:
+            return refusal
         if self.core.role != Role.LEADER:
             return self._not_leader(req.id)
         try:

@@ -12,20 +12,44 @@ Requests it serves on its ROUTER (config.store_rpc):
 - WaitApplied(index, term): parks until `index` is applied, then answers with that entry's
   results, or `leadership_lost` when another entry (another term) took the index;
 - Query(statements, min_applied): parks until `min_applied` is applied, then runs the reads;
-- StatusRequest: the applied index and counters.
+- a full disk (SQLITE_FULL, or an I/O error) while applying ends nothing: the batch's
+  transaction rolls back (statements and applied index together), requests waiting for what
+  cannot be applied get a "disk full: ..." error at once, reads of what is applied go on, the
+  same entries are fetched and applied again every DISK_RETRY_S, and fetches carry the reason
+  so that the raft process refuses writes and hands leadership away meanwhile;
+- StatusRequest: the applied index, the commit index it knows of, how long its data has been
+  behind (`lag_ms`, for rqlite's freshness_strict) and counters.
+
+How `lag_ms` is measured: each time the store hears the raft process's commit index it also
+knows a moment at which that commit was at most the value heard: for a fetch reply the time
+the fetch was sent, for a notice the last time the SUB queue was found empty before it was
+read (the notice was sent after that). So when a commit index above the known one shows up,
+its new entries were committed after the latest such moment of the earlier hearings, and that
+moment is recorded as their commit time: early, never late, even when the store was stalled
+and read a backlog of notices at once. `lag_ms` is the age of the oldest record not yet
+covered by the applied index: 0 when caught up, and `None` (unknown) when the store was already
+behind at the first hearing after it started, since nothing says how old its data is then.
+Local monotonic time only, no leader clocks: rqlite instead compares the leader's append time
+of the last applied entry with the local time it was applied, which needs synchronised clocks
+and stays small while the state machine is stuck; this measure grows while the store is stuck
+or slow, which is what a strict read must refuse. It cannot see commits the local raft process
+has not learned of (a follower whose log still trails the leader's): that would need the
+leader's commit index, which the raft process does not report.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import math
 import signal
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import apsw
 import zmq
 
 from zraft.config import NodeConfig
@@ -61,6 +85,10 @@ FETCH_WAIT_MS = 500      # long poll: the raft process holds a fetch this long f
 FETCH_LINGER_MS = 10     # ... and, while nobody waits on this store, gathers commits this long
 NOTICE_HEARTBEAT_S = 0.2
 MAX_PARKED = 100_000
+DISK_RETRY_S = 1.0       # a batch that failed for lack of disk space is tried again this often
+DISK_ERRORS = (apsw.FullError, apsw.IOError)
+"""Errors of the node's disk, not of the entry: rolled back and retried, never a result."""
+MAX_LAG_MARKS = 4096     # (commit, since) records kept for lag_ms; beyond, the newest merge
 
 
 @dataclass(order=True)
@@ -83,6 +111,13 @@ class StoreProcess:
         self.applied = self.db.applied_index()
         self.applied_term = 0
         self.known_commit = 0
+        # (commit index, a monotonic time before the entries up to it were committed) for
+        # commits above the applied index, oldest first: the source of lag_ms (module doc).
+        self._lag_marks: deque[tuple[int, float]] = deque()
+        # The latest moment at which the raft process's commit is known to have been at most
+        # known_commit; -inf before anything was heard.
+        self._commit_bound_at = float("-inf")
+        self._sub_empty_at = float("-inf")  # when draining the notice SUB last emptied it
         self.results: OrderedDict[int, tuple[int, ApplyResult]] = OrderedDict()
         self.parked: list[_Parked] = []
         self.stats: dict[str, int] = {"malformed": 0, "notices": 0, "notice_gaps": 0,
@@ -103,6 +138,8 @@ class StoreProcess:
         # batch of answers is being made, the WaitApplied ones to those gather here.
         self._batch_peers: OrderedDict[bytes, None] = OrderedDict()
         self._gathered: dict[bytes, list[WireMessage]] | None = None
+        self.disk_full = ""  # why entries cannot be applied now ("disk full: ..."); "" when fine
+        self._retry_at = 0.0
         self.running = True
         self._open_sockets()
 
@@ -132,8 +169,8 @@ class StoreProcess:
             poller.register(sock, zmq.POLLIN)
         while self.running:
             events = dict(poller.poll(self._poll_timeout_ms()))
-            if self.sub in events:
-                self._drain(self.sub, self._on_notice)
+            if self.sub in events and self._drain(self.sub, self._on_notice):
+                self._sub_empty_at = time.monotonic()
             if self.raft in events:
                 self._drain(self.raft, self._on_raft_reply)
             if self.rpc in events:
@@ -150,17 +187,19 @@ class StoreProcess:
             wait = min(wait, max(0.0, self.parked[0].deadline - time.monotonic()))
         return max(1, int(wait * 1000))
 
-    def _drain(self, sock: zmq.Socket[bytes], handler: Any, limit: int = 1000) -> None:
+    def _drain(self, sock: zmq.Socket[bytes], handler: Any, limit: int = 1000) -> bool:
+        """Handle what `sock` holds, up to `limit` messages; True when it was emptied."""
         for _ in range(limit):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return True
             try:
                 handler(decode(frames))
             except RemoteProtocolError as exc:
                 self.stats["malformed"] += 1
                 log.warning("dropped a malformed message: %s", exc)
+        return False
 
     def _drain_router(self, limit: int = 1000) -> None:
         for _ in range(limit):
@@ -198,9 +237,41 @@ class StoreProcess:
         if epoch and msg.epoch != epoch and self._fetch_id:
             self._fetch_deadline = 0.0  # the raft process restarted: a fetch it held is lost
         self._raft_notice = (msg.epoch, msg.seq)
-        self.known_commit = max(self.known_commit, msg.commit)
+        self._heard_commit(msg.commit, self._sub_empty_at)  # sent after the SUB was last empty
+
+    def _heard_commit(self, commit: int, at_most_then: float) -> None:
+        """Record the raft process's commit index as heard, for fetching and for lag_ms;
+        `at_most_then` is a moment at which that commit was at most `commit`.
+
+        Entries above the known commit were not committed at the latest such moment of earlier
+        hearings, so they are marked with it: lag_ms then overstates the data's age by at most
+        the gap between hearings (notices come on every commit advance and every 200 ms) and
+        never understates it. Before any hearing that moment is -inf: "behind since unknown"."""
+        if commit > self.known_commit:
+            self.known_commit = commit
+            if commit > self.applied:
+                since = self._commit_bound_at
+                if len(self._lag_marks) >= MAX_LAG_MARKS:
+                    # Bound the memory: the newest mark takes the larger index and keeps its
+                    # older time, which only overstates the lag of the entries in between.
+                    since = self._lag_marks.pop()[1]
+                self._lag_marks.append((commit, since))
+        self._commit_bound_at = max(self._commit_bound_at, at_most_then)
+
+    def lag_ms(self, now: float | None = None) -> int | None:
+        """How long, in ms, the applied data has been behind a commit this store knew of;
+        0 when caught up, None when it has been behind since before it first heard the raft
+        process (so how long is unknown)."""
+        if not self._lag_marks:
+            return 0
+        since = self._lag_marks[0][1]
+        if since == float("-inf"):
+            return None
+        return max(0, math.ceil(((time.monotonic() if now is None else now) - since) * 1000))
 
     def _maybe_fetch(self, now: float, poller: zmq.Poller) -> None:
+        if self.disk_full and now < self._retry_at:
+            return  # the next fetch brings the entries that failed back for another try
         if self._fetch_id and now < self._fetch_deadline:
             return
         if self._fetch_id:  # timed out: Lazy Pirate, drop the socket and its stale replies
@@ -229,7 +300,8 @@ class StoreProcess:
         self.stats["fetches"] += 1
         request = FetchEntries(id=self._fetch_id, start=self.applied + 1,
                                max_bytes=self.config.raft.fetch_max_bytes, wait_ms=wait_ms,
-                               linger_ms=FETCH_LINGER_MS if self._lingering else 0)
+                               linger_ms=FETCH_LINGER_MS if self._lingering else 0,
+                               disk_full=self.disk_full)
         try:
             self.raft.send_multipart(encode(request), zmq.NOBLOCK)
         except zmq.Again:
@@ -244,28 +316,68 @@ class StoreProcess:
             return
         if not isinstance(msg, EntriesReply):
             return
-        self.known_commit = max(self.known_commit, msg.commit)
+        self._heard_commit(msg.commit, self._last_fetch)  # answered after the fetch was sent
         entries = [e for e in msg.entries if e.index > self.applied]
         self._long_poll = bool(entries)
         batch_size = self.config.store.apply_batch_entries
         for start in range(0, len(entries), batch_size):
-            self._apply(entries[start:start + batch_size])
+            if not self._apply(entries[start:start + batch_size]):
+                self._long_poll = False
+                return
         if self.known_commit > self.applied or self._long_poll:
             self._send_fetch(time.monotonic())
 
-    def _apply(self, entries: list[Any]) -> None:
+    def _apply(self, entries: list[Any]) -> bool:
+        """Apply one batch; False when the disk refused it (nothing of it was applied)."""
         batch = [(e.index, e.data if e.kind == EntryKind.NORMAL and e.data else None) for e in entries]
-        results = self.db.apply_entries(batch)
+        try:
+            results = self.db.apply_entries(batch)
+        except DISK_ERRORS as exc:
+            self._cannot_apply(exc, entries[0].index)
+            return False
+        if self.disk_full:
+            log.warning("applying again from index %d (after: %s)", entries[0].index, self.disk_full)
+            self.disk_full = ""
         for entry, result in zip(entries, results):
             self.results[entry.index] = (entry.term, result)
         while len(self.results) > self.config.store.results_kept:
             self.results.popitem(last=False)
         self.applied = self.db.applied_index()
+        while self._lag_marks and self._lag_marks[0][0] <= self.applied:
+            self._lag_marks.popleft()
         self.applied_term = entries[-1].term
         self.stats["applied_entries"] += len(entries)
         self._awaited = bool(self.parked) and self.parked[0].index <= self.applied
         self._release_parked()
         self._publish_applied()
+        return True
+
+    def _cannot_apply(self, exc: apsw.Error, index: int) -> None:
+        """The batch from `index` was rolled back by a disk error: remember why, fail the
+        requests that wait for it (a wait must end with a clear error, not a timeout), and let
+        the next fetch, DISK_RETRY_S from now, bring the same entries back."""
+        if isinstance(exc, apsw.FullError):
+            reason = f"disk full: {self.config.db_path}"
+        else:
+            reason = f"disk error: {self.config.db_path}: {exc}"
+        if reason != self.disk_full:
+            log.error("cannot apply entry %d (%s); reads go on, retrying every %.1f s",
+                      index, reason, DISK_RETRY_S)
+        self.disk_full = reason
+        self._retry_at = time.monotonic() + DISK_RETRY_S
+        self.stats["apply_disk_errors"] = self.stats.get("apply_disk_errors", 0) + 1
+        waiting, self.parked = self.parked, []
+        for parked in waiting:
+            self._reply(parked.identity, self._disk_full_error(parked.request))
+
+    def _disk_full_error(self, msg: WaitApplied | Query) -> Error:
+        if isinstance(msg, WaitApplied):
+            return Error(id=msg.id, code="not_applied",
+                         message=f"{self.disk_full}: entry {msg.index} is not applied on this node until "
+                                 f"space is freed; the write's outcome is unknown (it may be committed)")
+        return Error(id=msg.id, code="disk_full",
+                     message=f"{self.disk_full}: this node cannot apply the log up to index "
+                             f"{msg.min_applied} until space is freed")
 
     def _publish_applied(self) -> None:
         self.notice_seq += 1
@@ -282,6 +394,8 @@ class StoreProcess:
             index = msg.index if isinstance(msg, WaitApplied) else msg.min_applied
             if index <= self.applied:
                 self._answer(identity, msg)
+            elif self.disk_full:
+                self._reply(identity, self._disk_full_error(msg))
             elif len(self.parked) >= MAX_PARKED:
                 self._reply(identity, Error(id=msg.id, code="busy", message="too many waiting requests"))
             else:
@@ -316,8 +430,9 @@ class StoreProcess:
                 self._on_request(identity, single)
             self._send_gathered()
         elif isinstance(msg, StatusRequest):
-            status = {"applied": self.applied, "known_commit": self.known_commit,
-                      "db_path": str(self.config.db_path), "parked": len(self.parked), **self.stats}
+            status = {"applied": self.applied, "known_commit": self.known_commit, "lag_ms": self.lag_ms(),
+                      "db_path": str(self.config.db_path), "parked": len(self.parked),
+                      "disk_full": self.disk_full, **self.stats}
             self._reply(identity, StatusReply(id=msg.id, status=status))
         else:
             self._reply(identity, Error(id=getattr(msg, "id", 0), code="bad_request",

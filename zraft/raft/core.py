@@ -89,6 +89,7 @@ class RaftCore:
         self.randomized_timeout = config.election_tick
         self.lead_transferee = NONE
         self.pending_conf_index = 0
+        self.campaign_deferred = False
         self._msgs: list[Message] = []
         self._msgs_after: list[Message] = []
         self._read_states: list[ReadState] = []
@@ -164,6 +165,13 @@ class RaftCore:
         progress = self.progress.get(node)
         if progress is not None and progress.state == ProgressState.SNAPSHOT and not ok:
             progress.become_probe()
+
+    def defer_campaign(self, deferred: bool) -> None:
+        """While deferred, this node waits two extra election timeouts before starting an
+        election and ignores TimeoutNow. The shell sets it while the node cannot take writes
+        (its disk is full): a healthy node then wins the election first, yet a cluster in which
+        every node is deferred still elects one (reads keep working). Votes are unaffected."""
+        self.campaign_deferred = deferred
 
     def campaign(self) -> None:
         """Start an election now (used by tests and operators; normally the timer does it)."""
@@ -364,7 +372,10 @@ class RaftCore:
     # == elections ===========================================================================
     def _tick_election(self) -> None:
         self.election_elapsed += 1
-        if self._promotable() and self.election_elapsed >= self.randomized_timeout:
+        timeout = self.randomized_timeout
+        if self.campaign_deferred:
+            timeout += 2 * self.config.election_tick
+        if self._promotable() and self.election_elapsed >= timeout:
             self.election_elapsed = 0
             self._start_campaign(pre_vote=self.config.pre_vote, transfer=False)
 
@@ -480,7 +491,7 @@ class RaftCore:
         return True
 
     def _handle_timeout_now(self, msg: Message) -> None:
-        if self._promotable():
+        if self._promotable() and not self.campaign_deferred:
             self._start_campaign(pre_vote=False, transfer=True)
 
     def _handle_read_index_resp(self, msg: Message) -> None:

@@ -123,6 +123,10 @@ class FetchEntries(WireMessage):
     """With wait_ms: hold the request this long even once entries are committed, to take
     more of them at once (for a store that nobody is waiting on). A newer fetch from the same
     requester replaces a held one, which is then never answered."""
+    disk_full: str = ""
+    """Non-empty while the store cannot apply entries for lack of disk space (the reason):
+    the raft process then refuses writes and hands leadership to a node that has space. An
+    older raft process ignores the field."""
 
 
 @dataclass(slots=True)

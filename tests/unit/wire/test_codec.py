@@ -28,7 +28,7 @@ SAMPLE_VALUES: dict[str, Any] = {
     "code": "not_leader", "message": "not the leader", "leader": 2, "timeout_ms": 500,
     "statements": [["INSERT INTO t VALUES(?)", [1]]], "min_applied": 4, "options": {"associative": True},
     "results": [{"rows_affected": 1}], "applied": 4, "transaction": True, "level": "linearizable",
-    "raft_index": 12, "epoch": 99, "seq": 1000, "wait_ms": 250, "linger_ms": 5,
+    "raft_index": 12, "epoch": 99, "seq": 1000, "wait_ms": 250, "linger_ms": 5, "disk_full": "disk full: /x",
     "rows": [[7, 42, [{"rows_affected": 1}]], [8, "leadership_lost", "replaced", 0]],
     "payloads": [b"\x00first", b"second\xff"],
     "requests": [[7, 42, 3, 500, {"associative": True}], [8, 43, 3, 500, {}]],
