@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from zraft.logstore import FileLogStore, LogCorruptError, LogStore, MemoryLogStore, fsutil
-from zraft.logstore.records import encode_entry, encode_hard_state
+from zraft.logstore.records import RecordType, encode_entry, encode_hard_state
+from zraft.logstore.segment import FILE_HEADER
 from zraft.raft.types import ConfState, Entry, EntryKind, HardState, InitialState, SnapshotMeta
 
 SEG = 4096
@@ -39,7 +40,8 @@ Op = Callable[[LogStore], object]
 
 
 def single_record_ops() -> list[Op]:
-    """Operations that each append exactly one record."""
+    """Operations that each append exactly one record (after a watermark when a sync
+    completed since the last one: a cut inside it loses nothing)."""
     hs = HardState(2, 1, 3)
     conf = Entry(3, 9, EntryKind.CONF, ConfState((1, 2)).encode())
     return [
@@ -67,14 +69,15 @@ def build(path: Path) -> tuple[list[int], list[InitialState]]:
         if seg2 is None:  # the first op rolled over: the checkpoint is the segment's first record
             seg2 = seg_paths(path)[-1]
             first = seg2.read_bytes()
-            ends.append(24 + _frame_size(first, 24))
+            ends.append(FILE_HEADER.size + _frame_size(first, FILE_HEADER.size))
             states.append(model.load())
         op(model)
         ends.append(seg2.stat().st_size)
         states.append(model.load())
     batch, hs = ents(10, 15, 4, size=20), HardState(4, 2, 9)
     store.save(hs, batch, True)
-    offset = ends[-1]
+    assert seg2 is not None
+    offset = ends[-1] + _watermark_size(seg2.read_bytes(), ends[-1])  # the batch starts with one
     for k in range(len(batch)):
         offset += len(encode_entry(batch[k]))
         model.save(None, batch[k : k + 1], True)
@@ -90,6 +93,10 @@ def build(path: Path) -> tuple[list[int], list[InitialState]]:
 
 def _frame_size(data: bytes, offset: int) -> int:
     return 9 + int.from_bytes(data[offset + 4 : offset + 8], "little")
+
+
+def _watermark_size(data: bytes, offset: int) -> int:
+    return _frame_size(data, offset) if data[offset + 8] == RecordType.WATERMARK else 0
 
 
 def expected_at(cut: int, ends: list[int], states: list[InitialState]) -> InitialState:

@@ -204,7 +204,7 @@ class FileLogStore:
         records = [encode_entry(e) for e in entries]
         if hard_state is not None:
             records.append(encode_hard_state(hard_state))
-        offset = self._append(st, b"".join(records))
+        offset = self._append(st, records)
         if entries:
             sizes = [len(r) for r in records[: len(entries)]]
             offsets = list(itertools.accumulate(sizes[:-1], initial=offset))
@@ -214,12 +214,14 @@ class FileLogStore:
         if hard_state is not None:
             st.index.hard = hard_state
 
-    def _append(self, st: _Open, data: bytes) -> int:
-        """Write at the tail, first starting a new segment if this one is full."""
-        if st.writer.has_records() and st.writer.tail + len(data) > self._segment_size:
+    def _append(self, st: _Open, records: Sequence[bytes]) -> int:
+        """Write at the tail, first starting a new segment if this one is full; returns the
+        offset of the first record (the writer may put a watermark before it)."""
+        size = st.writer.overhead() + sum(map(len, records))
+        if st.writer.has_records() and st.writer.tail + size > self._segment_size:
             self._rollover(st)
         st.unsynced = True
-        return st.writer.append(data)
+        return st.writer.append(records)
 
     def _rollover(self, st: _Open) -> None:
         old = st.writer
@@ -235,7 +237,7 @@ class FileLogStore:
         """Snapshots are rare and let segments be deleted, so they are always synced before
         anything is deleted: a deletion must never outrun the record that justifies it."""
         with self._guard():
-            self._append(st, encode_snapshot(meta, keep))
+            self._append(st, [encode_snapshot(meta, keep)])
             st.writer.sync()
             st.unsynced = False
             st.index.install_snapshot(meta, keep)

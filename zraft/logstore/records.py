@@ -6,7 +6,8 @@ Frame layout (little-endian):
 
 The CRC covers length, type and payload, so a damaged length or type is caught as surely as a
 damaged payload. Payloads are fixed structs followed by raw bytes; entry data is stored as-is
-(binary-safe, no escaping) because it is the bulk of every write.
+(binary-safe, no escaping) because it is the bulk of every write. WATERMARK records carry no
+log state: they only tell recovery which part of a segment a completed fsync covered.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ _ENTRY_HEAD = struct.Struct("<IBQQB")  # length, type, then _ENTRY: everything a
 _HARD = struct.Struct("<QQQ")  # term, vote, commit
 _SNAP = struct.Struct("<QQB")  # index, term, keep-suffix flag; encoded ConfState follows
 _CHECKPOINT = struct.Struct("<QQQQQQQ")  # hard term/vote/commit, snap index/term, last index/term
+_WATERMARK = struct.Struct("<QQQ")  # segment salt, own offset, durable offset
+_WATERMARK_HEAD = struct.Struct("<IBQQQ")  # length, type, then _WATERMARK
 
 MAX_PAYLOAD = 0xFFFF_FFFF
 
@@ -40,6 +43,7 @@ class RecordType(IntEnum):
     HARD_STATE = 2
     SNAPSHOT = 3
     CHECKPOINT = 4
+    WATERMARK = 5
 
 
 _TYPES = frozenset(int(t) for t in RecordType)
@@ -104,6 +108,18 @@ def encode_checkpoint(cp: Checkpoint) -> bytes:
     return frame(RecordType.CHECKPOINT, head, snap.conf.encode())
 
 
+def encode_watermark(salt: int, offset: int, durable: int) -> bytes:
+    """Same bytes as frame(WATERMARK, ...), inlined: it runs on the write path of most batches."""
+    head = _WATERMARK_HEAD.pack(_WATERMARK.size, RecordType.WATERMARK, salt, offset, durable)
+    return _CRC.pack(zlib.crc32(head)) + head
+
+
+WATERMARK_SIZE = FRAME_HEADER.size + _WATERMARK.size
+WATERMARK_SIGNATURE = _LEN_TYPE.pack(_WATERMARK.size, RecordType.WATERMARK)
+"""The length and type bytes every watermark frame carries after its CRC: lets recovery find
+watermarks in a damaged region with a plain substring search."""
+
+
 # -- framing checks -----------------------------------------------------------------------
 
 
@@ -150,6 +166,22 @@ class Checkpoint:
     snap: SnapshotMeta
     last_index: int
     last_term: int
+
+
+@dataclass(slots=True, frozen=True)
+class Watermark:
+    """Written at the start of a batch: every byte of the segment below `durable` was covered
+    by an fsync that had completed when this record was written.
+
+    A readable watermark is therefore a true statement even if its own bytes were never
+    synced, and it is what lets recovery tell an unsynced tail that the kernel wrote back out
+    of order (safe to cut) from damage to synced data (never safe to cut). `salt` (random, from
+    the segment header) and `offset` (where this record sits) make sure the record is one the
+    writer put here, not bytes inside entry data that happen to look like one."""
+
+    salt: int
+    offset: int
+    durable: int
 
 
 def _check_size(payload: memoryview, fixed: struct.Struct, exact: bool) -> None:
@@ -202,3 +234,9 @@ def decode_checkpoint(payload: memoryview) -> Checkpoint:
     term, vote, commit, s_index, s_term, last_index, last_term = _CHECKPOINT.unpack_from(payload)
     snap = SnapshotMeta(s_index, s_term, _conf(payload[_CHECKPOINT.size :]))
     return Checkpoint(HardState(term, vote, commit), snap, last_index, last_term)
+
+
+def decode_watermark(payload: memoryview) -> Watermark:
+    _check_size(payload, _WATERMARK, exact=True)
+    salt, offset, durable = _WATERMARK.unpack_from(payload)
+    return Watermark(salt, offset, durable)

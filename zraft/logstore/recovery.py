@@ -59,7 +59,7 @@ def recover(directory: Path) -> Recovered | None:
     index, infos = replayed
     last = kept[-1]
     if last.torn_at is not None:
-        log.warning("%s: torn tail at offset %d (%s): dropping %d bytes",
+        log.warning("%s: torn tail at offset %d (%s): dropping %d bytes, none known to be synced",
                     last.path, last.torn_at, last.torn_reason, len(last.data) - last.end)
     return Recovered(index, infos, last)
 
@@ -127,6 +127,8 @@ def _replay_frame(scan: SegmentScan, frame: Frame, index: LogIndex) -> None:
         elif frame.rtype == RecordType.SNAPSHOT:
             record = decode_snapshot(payload)
             index.install_snapshot(record.meta, record.keep)
+        elif frame.rtype == RecordType.WATERMARK:
+            pass  # only recovery's torn-or-corrupt decision reads it, and scanning checked it
         else:
             raise RecordFormatError("checkpoint record in the middle of a segment")
     except (RecordFormatError, LogOrderError) as exc:

@@ -1,8 +1,9 @@
 """Segment files: naming, the per-file header, scanning with torn-tail detection, appending.
 
-File layout: a 24-byte header (magic, format version, sequence number, CRC of the header),
-then frames (see records.py). The first frame is always a CHECKPOINT. Unused space at the end
-is zeros (preallocated, or left by a crash that extended the file before writing its data).
+File layout: a 32-byte header (magic, format version, sequence number, a random salt, CRC of
+the header), then frames (see records.py). The first frame is always a CHECKPOINT; each batch
+written after a completed sync starts with a WATERMARK. Unused space at the end is zeros
+(preallocated, or left by a crash that extended the file before writing its data).
 """
 
 from __future__ import annotations
@@ -12,18 +13,32 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from zraft.logstore import fsutil
 from zraft.logstore.errors import LogCorruptError
-from zraft.logstore.records import FRAME_HEADER, Frame, RecordFormatError, RecordType, read_frame
+from zraft.logstore.records import (
+    FRAME_HEADER,
+    WATERMARK_SIGNATURE,
+    WATERMARK_SIZE,
+    Frame,
+    RecordFormatError,
+    RecordType,
+    decode_watermark,
+    encode_watermark,
+    read_frame,
+)
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"ZRAFTLOG"
-VERSION = 1
-FILE_HEADER = struct.Struct("<8sHHQI")  # magic, version, reserved, seq, crc32 of the rest
+VERSION = 2
+"""2 added the header salt and WATERMARK records. Version 1 segments are refused: there were
+no deployed stores to upgrade, and reading them would need the old, stricter recovery rules."""
+FILE_HEADER = struct.Struct("<8sHHQQI")  # magic, version, reserved, seq, salt, crc32 of the rest
+_MAGIC_VERSION = struct.Struct("<8sH")
 _NAME = re.compile(r"^(\d{16})\.seg$")
 _FRAME_TYPE_BYTES = re.compile(b"[" + bytes(int(t) for t in RecordType) + b"]")
 
@@ -42,24 +57,35 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def encode_file_header(seq: int) -> bytes:
-    head = FILE_HEADER.pack(MAGIC, VERSION, 0, seq, 0)[:-4]
+def encode_file_header(seq: int, salt: int) -> bytes:
+    head = FILE_HEADER.pack(MAGIC, VERSION, 0, seq, salt, 0)[:-4]
     return head + struct.pack("<I", zlib.crc32(head))
 
 
-def _header_problem(data: bytes, seq: int) -> str | None:
+def new_salt() -> int:
+    return int.from_bytes(os.urandom(8), "little")
+
+
+def _read_header(data: bytes, seq: int, path: Path) -> int | str:
+    """The segment's salt, or why its header is unreadable (possibly a torn creation).
+
+    A header with our magic and another version number is refused outright: that is a file
+    written by another build, never a torn write, and deleting it as one would lose a log."""
+    if len(data) >= _MAGIC_VERSION.size:
+        magic, version = _MAGIC_VERSION.unpack_from(data)
+        if magic == MAGIC and version != VERSION:
+            raise LogCorruptError(path, 8, f"segment format version {version}; this build reads only "
+                                  f"version {VERSION} (there is no upgrade path: start from a fresh log)")
     if len(data) < FILE_HEADER.size:
         return "file shorter than its header"
-    magic, version, _reserved, file_seq, crc = FILE_HEADER.unpack_from(data)
+    magic, _version, _reserved, file_seq, salt, crc = FILE_HEADER.unpack_from(data)
     if magic != MAGIC:
         return f"bad magic {magic!r}"
     if zlib.crc32(data[: FILE_HEADER.size - 4]) != crc:
         return "header checksum mismatch"
-    if version != VERSION:
-        return f"unsupported format version {version}"
     if file_seq != seq:
         return f"header says segment {file_seq}, file name says {seq}"
-    return None
+    return int(salt)
 
 
 # -- scanning -----------------------------------------------------------------------------
@@ -78,6 +104,7 @@ class SegmentScan:
     torn_reason: str = ""
     discard: bool = False
     data: bytes = b""
+    salt: int = 0
 
 
 def _all_zero(data: bytes, start: int) -> bool:
@@ -87,9 +114,10 @@ def _all_zero(data: bytes, start: int) -> bool:
 def _valid_frame_after(data: bytes, start: int) -> bool:
     """Whether any checksum-valid frame begins at or after `start`.
 
-    This separates a torn tail (garbage, then nothing but zeros) from damage in the middle
-    (garbage, then records we once wrote and acknowledged). Candidates are found by their
-    type byte, so the scan is cheap even over long runs of zeros.
+    Used where a segment's creation may have been torn: creation is synced before anything
+    else is written, so a damaged header or checkpoint followed by any valid frame is real
+    damage. Candidates are found by their type byte, so the scan is cheap even over long runs
+    of zeros.
     """
     stop = len(data.rstrip(b"\0"))
     type_offset = FRAME_HEADER.size - 1
@@ -99,13 +127,36 @@ def _valid_frame_after(data: bytes, start: int) -> bool:
     return False
 
 
+def durable_claim_after(data: bytes, start: int, salt: int) -> int:
+    """The highest offset that any trusted watermark at or after `start` says was durable
+    (0 if there is none).
+
+    Only a watermark that the writer itself put there counts: valid CRC, this segment's salt,
+    its own offset recorded correctly, and a claim that does not reach past itself. Its bytes
+    may never have been synced; that does not matter, because it only records fsyncs that had
+    completed before it was written."""
+    best = 0
+    lead = FRAME_HEADER.size - len(WATERMARK_SIGNATURE)  # the CRC before length and type
+    pos = data.find(WATERMARK_SIGNATURE, start + lead)
+    while pos != -1:
+        at = pos - lead
+        found = read_frame(data, at)
+        if isinstance(found, Frame):
+            mark = decode_watermark(found.payload(data))
+            if mark.salt == salt and mark.offset == at and mark.durable <= at:
+                best = max(best, mark.durable)
+        pos = data.find(WATERMARK_SIGNATURE, pos + 1)
+    return best
+
+
 def scan_segment(seq: int, path: Path, is_last: bool) -> SegmentScan:
     """Verify and index one segment; raise LogCorruptError for anything but a torn tail."""
     data = fsutil.read_file(path)
     scan = SegmentScan(seq, path, data=data)
-    problem = _header_problem(data, seq)
-    if problem is not None:
-        return _torn_or_corrupt(scan, 0, problem, is_last)
+    header = _read_header(data, seq, path)
+    if isinstance(header, str):
+        return _torn_creation_or_corrupt(scan, 0, header, is_last)
+    scan.salt = header
     try:
         _scan_frames(scan, is_last)
     except RecordFormatError as exc:
@@ -120,17 +171,48 @@ def _scan_frames(scan: SegmentScan, is_last: bool) -> None:
     while True:
         found = read_frame(data, offset)
         if isinstance(found, Frame):
+            if found.rtype == RecordType.WATERMARK:
+                _check_watermark(scan, found)
             scan.frames.append(found)
             offset += found.size
             scan.end = offset
             continue
         if offset == len(data) or _all_zero(data, offset):
             return
-        _torn_or_corrupt(scan, offset, found, is_last)
+        if not scan.frames:  # the checkpoint itself: only its creation can have been torn
+            _torn_creation_or_corrupt(scan, offset, found, is_last)
+        else:
+            _torn_tail_or_corrupt(scan, offset, found, is_last)
         return
 
 
-def _torn_or_corrupt(scan: SegmentScan, offset: int, problem: str, is_last: bool) -> SegmentScan:
+def _check_watermark(scan: SegmentScan, frame: Frame) -> None:
+    mark = decode_watermark(frame.payload(scan.data))
+    if mark.salt != scan.salt or mark.offset != frame.offset or mark.durable > frame.offset:
+        raise RecordFormatError(f"watermark {mark} does not belong at offset {frame.offset} of this segment")
+
+
+def _torn_tail_or_corrupt(scan: SegmentScan, offset: int, problem: str, is_last: bool) -> None:
+    """Damage after the checkpoint. A cut here loses nothing acknowledged exactly when no
+    completed fsync covered `offset`: then nothing written after it was acknowledged either,
+    whatever order the kernel wrote the pages back in. A trusted watermark after the damage
+    that reaches past it proves the opposite, and an older segment was synced in full before
+    its successor was created."""
+    if not is_last:
+        raise LogCorruptError(scan.path, offset, f"{problem} (not the last segment: it was synced in "
+                              "full before the next one was created)")
+    durable = durable_claim_after(scan.data, offset + 1, scan.salt)
+    if durable > offset:
+        raise LogCorruptError(scan.path, offset, f"{problem} in synced data (a later watermark records "
+                              f"that the segment was synced up to offset {durable})")
+    scan.torn_at, scan.torn_reason = offset, problem
+    if _valid_frame_after(scan.data, offset + 1):
+        scan.torn_reason += "; valid records after it were never synced: written back out of order"
+
+
+def _torn_creation_or_corrupt(scan: SegmentScan, offset: int, problem: str, is_last: bool) -> SegmentScan:
+    """Damage in the header or checkpoint: a segment's creation is synced before any record
+    is appended to it, so this is a torn creation only if no valid frame follows."""
     if not is_last or _valid_frame_after(scan.data, offset + 1):
         raise LogCorruptError(scan.path, offset, problem)
     scan.torn_at, scan.torn_reason = offset, problem
@@ -155,7 +237,7 @@ class SegmentWriter:
     """The one segment being appended to. Appends go to `tail` with pwrite so the
     preallocated zeros beyond it stay untouched until real data lands there."""
 
-    def __init__(self, fd: int, seq: int, path: Path, tail: int, data_start: int) -> None:
+    def __init__(self, fd: int, seq: int, path: Path, tail: int, data_start: int, salt: int) -> None:
         self.fd = fd
         self.seq = seq
         self.path = path
@@ -166,15 +248,20 @@ class SegmentWriter:
         self.data_start = data_start
         """Offset just after the checkpoint: a segment with tail == data_start holds no
         records of its own, so it is never rolled over (a huge batch may overfill it)."""
+        self.salt = salt
+        self.marked = data_start
+        """`durable` of the last watermark written. The checkpoint needs none (creation is
+        synced before anything follows it), and a repeat of the same value adds nothing."""
 
     @classmethod
     def create(cls, directory: Path, seq: int, checkpoint: bytes, prealloc_size: int) -> SegmentWriter:
         """A new durable segment: header and checkpoint synced, directory entry synced."""
         path = directory / segment_name(seq)
+        salt = new_salt()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             fsutil.preallocate(fd, prealloc_size)
-            fsutil.pwrite_all(fd, encode_file_header(seq) + checkpoint, 0)
+            fsutil.pwrite_all(fd, encode_file_header(seq, salt) + checkpoint, 0)
             os.fsync(fd)
             fsutil.fsync_dir(directory)
         except BaseException:
@@ -182,31 +269,47 @@ class SegmentWriter:
             _unlink_quietly(path)  # ours (O_EXCL) and never complete: no half segment stays
             raise
         end = FILE_HEADER.size + len(checkpoint)
-        return cls(fd, seq, path, end, end)
+        return cls(fd, seq, path, end, end, salt)
 
     @classmethod
     def reopen(cls, scan: SegmentScan, prealloc_size: int) -> SegmentWriter:
-        """Continue the last segment after recovery, cutting a torn tail first."""
+        """Continue the last segment after recovery, cutting a torn tail first.
+
+        Always fsyncs: what load read may have been only in the page cache (the process died,
+        the machine did not), and the writer's first watermark will say that all of it is
+        durable. The cut of a torn tail must be durable before anything is written after it."""
         fd = os.open(scan.path, os.O_RDWR)
         try:
             if scan.torn_at is not None:
                 os.ftruncate(fd, scan.end)
             fsutil.preallocate(fd, prealloc_size)
-            if scan.torn_at is not None or len(scan.data) < prealloc_size:
-                os.fsync(fd)
+            os.fsync(fd)
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, scan.seq, scan.path, scan.end, scan.frames[0].offset + scan.frames[0].size)
+        data_start = scan.frames[0].offset + scan.frames[0].size
+        return cls(fd, scan.seq, scan.path, scan.end, data_start, scan.salt)
 
     def has_records(self) -> bool:
         return self.tail > self.data_start
 
-    def append(self, data: bytes) -> int:
-        """Write `data` at the tail; returns its offset. Not durable until sync()."""
-        offset = self.tail
-        fsutil.pwrite_all(self.fd, data, offset)
+    def overhead(self) -> int:
+        """Bytes the next append() adds in front of its records (its watermark, if any)."""
+        return WATERMARK_SIZE if self.synced != self.marked else 0
+
+    def append(self, records: Sequence[bytes]) -> int:
+        """Write `records` at the tail in one pwrite, after a watermark when a sync has
+        completed since the last one; returns the offset of the first record. Not durable
+        until sync()."""
+        mark = b""
+        if self.synced != self.marked:
+            mark = encode_watermark(self.salt, self.tail, self.synced)
+        data = b"".join((mark, *records))
+        fsutil.pwrite_all(self.fd, data, self.tail)
+        offset = self.tail + len(mark)
         self.tail += len(data)
+        if mark:
+            self.marked = self.synced
         return offset
 
     def sync(self) -> None:
