@@ -291,12 +291,16 @@ class LazyFS:
             return f"mode={self.mode} cuts={self.cuts} pending_files={len(self._pending)} pending_bytes={pending}\n"
 
     def _commit(self, key: _Key) -> None:
-        pending = self._pending.pop(key, None)
-        if pending is not None:
-            try:
-                pending.commit()
-            finally:
-                pending.close()
+        """fsync: write the pending changes to the disk copy. If that fails (a full disk),
+        the changes stay pending and readable, as a kernel keeps dirty pages in its cache
+        after a failed writeback; dropping them would hand the program back stale bytes
+        it never wrote, a corruption no real filesystem produces."""
+        pending = self._pending.get(key)
+        if pending is None:
+            return
+        pending.commit()  # an OSError (ENOSPC) reaches the caller of fsync
+        del self._pending[key]
+        pending.close()
 
     # -- helpers -----------------------------------------------------------------------
     def _full(self, path: str) -> str:
