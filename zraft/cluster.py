@@ -11,12 +11,14 @@ port above that, and its native ZeroMQ API on P + 100 + 2(i-1).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -84,17 +86,22 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def write_configs(directory: Path, nodes: int, http_port: int,
-                  raft: RaftSettings | None = None, hosts: Sequence[str] | None = None) -> list[Path]:
+                  raft: RaftSettings | None = None, hosts: Sequence[str] | None = None,
+                  data_subdir: str = "") -> list[Path]:
+    """One zraft.toml per node in DIR/node<i>; the data lives there too, or in a subfolder
+    `data_subdir` of it (the chaos suite mounts failing filesystems there)."""
     peers = node_peers(nodes, http_port, hosts)
     paths = []
     for peer in peers:
         node_dir = (directory / f"node{peer.id}").resolve()
-        node_dir.mkdir(parents=True, exist_ok=True)
-        config = NodeConfig(id=peer.id, data_dir=node_dir, peers=peers, raft=raft or RaftSettings(),
-                            raft_rpc=f"ipc://{node_dir}/raft.sock",
-                            raft_pub=f"ipc://{node_dir}/raft-pub.sock",
-                            store_rpc=f"ipc://{node_dir}/store.sock",
-                            store_pub=f"ipc://{node_dir}/store-pub.sock")
+        data_dir = node_dir / data_subdir if data_subdir else node_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        sockets = _socket_dir(data_dir)
+        config = NodeConfig(id=peer.id, data_dir=data_dir, peers=peers, raft=raft or RaftSettings(),
+                            raft_rpc=f"ipc://{sockets}/raft.sock",
+                            raft_pub=f"ipc://{sockets}/raft-pub.sock",
+                            store_rpc=f"ipc://{sockets}/store.sock",
+                            store_pub=f"ipc://{sockets}/store-pub.sock")
         path = node_dir / "zraft.toml"
         path.write_text(render(config))
         paths.append(path)
@@ -116,6 +123,19 @@ def fake_clock_environment(node_dir: Path) -> dict[str, str]:
         spec.write_text("+0\n")
     return {"LD_PRELOAD": str(libraries[0]), "FAKETIME_TIMESTAMP_FILE": str(spec),
             "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+SOCKET_PATH_MAX = 100
+"""Unix-domain socket paths must fit in 108 bytes (sun_path); keep a margin."""
+
+
+def _socket_dir(data_dir: Path) -> Path:
+    """Where a node's ipc sockets go: its data folder, unless the paths would be too long
+    for a Unix socket, then a short folder in /tmp named after the data folder."""
+    if len(f"{data_dir}/store-pub.sock") <= SOCKET_PATH_MAX:
+        return data_dir
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"zraft-{digest}"
 
 
 def supervisord_conf(directory: Path, config_paths: list[Path], fake_clock: bool = False) -> str:
@@ -151,7 +171,7 @@ def supervisord_conf(directory: Path, config_paths: list[Path], fake_clock: bool
 
 def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
        raft: RaftSettings | None = None, hosts: Sequence[str] | None = None,
-       fake_clock: bool = False) -> list[NodeStatus]:
+       fake_clock: bool = False, data_subdir: str = "") -> list[NodeStatus]:
     """Write configs, start supervisord with nodes x 3 programs, and wait for a leader.
 
     `hosts` gives each node its own listen address (the chaos suite uses 127.0.0.2, .3, ...
@@ -164,7 +184,7 @@ def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
     if busy:
         raise ClusterError(f"ports already in use: {', '.join(busy)}; "
                            "choose another --http-port or stop whatever holds them")
-    config_paths = write_configs(directory, nodes, http_port, raft, hosts)
+    config_paths = write_configs(directory, nodes, http_port, raft, hosts, data_subdir)
     conf = directory / "supervisord.conf"
     conf.write_text(supervisord_conf(directory, config_paths, fake_clock))
     subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf.resolve())],

@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 
+IPC_PATH_MAX = 107
+"""sun_path holds 108 bytes including the terminating NUL."""
+
+
 class ConfigError(Exception):
     """The configuration file is missing, malformed or inconsistent."""
 
@@ -130,13 +134,19 @@ def _with_local_defaults(config: NodeConfig) -> NodeConfig:
     """Local links default to ipc sockets in the data folder."""
     run = config.data_dir.resolve()
     config.me()  # validates membership
-    return replace(
+    config = replace(
         config,
         raft_rpc=config.raft_rpc or f"ipc://{run}/raft.sock",
         raft_pub=config.raft_pub or f"ipc://{run}/raft-pub.sock",
         store_rpc=config.store_rpc or f"ipc://{run}/store.sock",
         store_pub=config.store_pub or f"ipc://{run}/store-pub.sock",
     )
+    for name in ("raft_rpc", "raft_pub", "store_rpc", "store_pub"):
+        address = getattr(config, name)
+        if address.startswith("ipc://") and len(address.removeprefix("ipc://").encode()) > IPC_PATH_MAX:
+            raise ConfigError(f"node.{name} = {address!r}: a Unix socket path may be at most {IPC_PATH_MAX} "
+                              "bytes; set node.*_rpc / node.*_pub to a shorter ipc:// path")
+    return config
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:

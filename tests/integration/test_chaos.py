@@ -90,6 +90,19 @@ def test_set_run_with_kills_and_pauses_loses_nothing(tmp_path):
     assert len(finals) == 3, "every node's final read must be recorded"
 
 
+def test_set_run_with_power_loss_and_full_disks_loses_nothing(tmp_path):
+    """Data folders on lazyfs over a small tmpfs: power cuts drop every unsynced byte, and a
+    balloon fills a node's disk; every acknowledged element must still be on every node."""
+    from zraft.chaos.lazyfs import unavailable_reason
+
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    options = _options(tmp_path, 56, workload="set", faults=("power-loss", "disk-full"), seed=12)
+    _assert_passed(run_campaign(options, echo=lambda _: None), options)
+    assert not any(line.split()[1].startswith(str(tmp_path)) for line in open("/proc/self/mounts")), \
+        "every mount must be gone after the run"
+
+
 def test_bank_run_under_partitions_keeps_the_total(tmp_path):
     options = _options(tmp_path, 48, workload="bank", faults=("partition", "loss"), seed=9)
     _assert_passed(run_campaign(options, echo=lambda _: None), options)

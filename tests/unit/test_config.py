@@ -62,3 +62,23 @@ def test_unreadable_or_invalid_files(tmp_path: Path) -> None:
     bad.write_text("[node\nid=")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(bad)
+
+
+def test_too_long_ipc_path_is_a_clear_error(tmp_path):
+    from zraft.config import ConfigError, from_dict
+
+    raw = {"node": {"id": 1, "data_dir": str(tmp_path / ("d" * 120))},
+           "peers": [{"id": 1, "raft": "tcp://127.0.0.1:1", "http": "127.0.0.1:2", "api_zmq": "tcp://127.0.0.1:3"}]}
+    with pytest.raises(ConfigError, match="Unix socket path may be at most 107 bytes"):
+        from_dict(raw)
+
+
+def test_cluster_moves_sockets_out_of_a_deep_data_folder(tmp_path):
+    from zraft.cluster import write_configs
+    from zraft.config import load
+
+    deep = tmp_path / ("d" * 90)
+    config = load(write_configs(deep, 1, 4001)[0])
+    assert len(config.store_pub.removeprefix("ipc://")) <= 100
+    shallow = load(write_configs(tmp_path / "c", 1, 4001)[0])
+    assert shallow.store_pub == f"ipc://{shallow.data_dir}/store-pub.sock"

@@ -9,7 +9,12 @@ every fault it injected can show it:
 - kill -9: the process is gone, and supervisord later runs it again under a new PID;
 - pause: the process is seen in state T (stopped) before it is continued;
 - clock: the node's API reports (in /status) a wall clock off by the injected offset, or
-  running at the injected rate, measured against ours.
+  running at the injected rate, measured against ours;
+- power loss: every process of the node(s) was stopped, the data folder's unsynced bytes
+  dropped (zraft.chaos.disks), and supervisord ran every process anew under a new PID;
+- disk full: the node's disk had no free space left while the fault lasted (whether the
+  node noticed depends on whether it needed new space: the log segment is preallocated and
+  SQLite reuses its WAL; the evidence says whether it did).
 
 Network faults rely on each node sending from its own 127.0.0.x address (see
 zraft.transport.sockets.from_own_address); the runner checks that with `ss` before
@@ -31,12 +36,15 @@ from typing import Protocol
 NETWORK_FAULTS = ("partition-halves", "partition-leader", "partition-bridge", "partition-asym", "loss")
 PROCESS_FAULTS = ("kill", "kill-node", "pause")
 CLOCK_FAULTS = ("clock",)
-ALL_FAULTS = NETWORK_FAULTS + PROCESS_FAULTS + CLOCK_FAULTS
+DISK_FAULTS = ("power-loss", "disk-full")
+ALL_FAULTS = NETWORK_FAULTS + PROCESS_FAULTS + CLOCK_FAULTS + DISK_FAULTS
 GROUPS: dict[str, tuple[str, ...]] = {
     "partition": ("partition-halves", "partition-leader", "partition-bridge", "partition-asym"),
     "all": ALL_FAULTS,
 }
 LOSS_PROBABILITY = 0.2
+FULL_DISK_SLACK = 64 << 10
+"""A disk with at most this much free space left counts as full (tmpfs keeps a few pages)."""
 PROCESS_TYPES = ("raft", "store", "api")
 
 
@@ -70,6 +78,21 @@ class Target(Protocol):
 
     def node_time(self, node: int) -> float | None:
         """The wall clock of `node`'s processes (as its API reports it), or None."""
+
+    def cut_power(self, node: int) -> None:
+        """Drop every unsynced byte of `node`'s data folder."""
+
+    def fill_disk(self, node: int) -> int:
+        """Fill `node`'s data disk; the bytes it took."""
+
+    def drain_disk(self, node: int) -> None:
+        """Give `node`'s data disk its space back."""
+
+    def disk_report(self, node: int) -> str:
+        """What `node` says about its disk ("" while it can write)."""
+
+    def disk_free(self, node: int) -> int:
+        """Free bytes left on `node`'s data disk."""
 
 
 @dataclass
@@ -123,6 +146,13 @@ class Firewall:
         self._run("-X", self.chain, check=False)
 
 
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
 def _process_state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -142,6 +172,9 @@ class Nemesis:
         self._clock_node = 0
         self._clock_sample: tuple[float, float] | None = None
         self._clock_change: tuple[str, float] = ("", 0.0)
+        self._disk_node = 0
+        self._disk_seen = ""
+        self._disk_free = -1
 
     # -- network -------------------------------------------------------------------------
     def _cut(self, groups: Sequence[Sequence[str]]) -> None:
@@ -237,9 +270,25 @@ class Nemesis:
             self._clock_change = ("rate", rate)
             spec = f"+0 x{rate:g}"
         self.target.set_clock(self._clock_node, spec)
-        time.sleep(1.2)  # processes re-read the spec at most once a second
-        self._clock_sample = self._sample_clock()
+        self._clock_sample = self._await_clock()
         return f"node {self._clock_node} clock {spec}"
+
+    def _await_clock(self) -> tuple[float, float] | None:
+        """The first (real, node) clock sample taken once the node runs on the new spec.
+
+        Processes re-read the spec at most once a second, so poll for up to 3.5 s. A new
+        rate shows as a jump (libfaketime applies it from the process's start)."""
+        kind, amount = self._clock_change
+        deadline = time.monotonic() + 3.5
+        while True:
+            sample = self._sample_clock()
+            if sample is not None:
+                skew = sample[1] - sample[0]
+                if (abs(skew - amount) < 3.0) if kind == "offset" else abs(skew) > 0.5:
+                    return sample
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.25)
 
     def _sample_clock(self) -> tuple[float, float] | None:
         real = time.time()
@@ -251,7 +300,7 @@ class Nemesis:
         self.target.set_clock(self._clock_node, "+0")
         start, (kind, amount) = self._clock_sample, self._clock_change
         if start is None or end is None:
-            injection.evidence = "the node's clock could not be read"
+            injection.evidence = "the node's clock was not seen on the new spec"
             return
         if kind == "offset":
             seen = end[1] - end[0]
@@ -262,6 +311,44 @@ class Nemesis:
             seen = fake / real if real > 0 else 0.0
             injection.fired = real >= 1.0 and abs(seen - amount) < 0.25 * amount
             injection.evidence = f"node clock ran x{seen:.2f} over {real:.1f} s (injected x{amount:g})"
+
+    # -- disks ---------------------------------------------------------------------------
+    def _power_loss(self, injection: Injection) -> str:
+        """Power loss on one node or on all at once: stop every process (a frozen instant),
+        drop what was not fsynced, then kill them all; supervisord restarts them."""
+        pids = self.target.pids()
+        nodes = sorted({node for node, _ in pids})
+        chosen = nodes if self.rng.random() < 0.5 else [self.rng.choice(nodes)]
+        victims = {f"node{node}-{kind}": pid for (node, kind), pid in pids.items() if node in chosen}
+        for pid in victims.values():
+            _signal(pid, signal.SIGSTOP)
+        for node in chosen:
+            self.target.cut_power(node)
+        for pid in victims.values():
+            _signal(pid, signal.SIGKILL)  # a stopped process dies at once too
+        injection.pids = victims
+        return f"power loss on node(s) {chosen}"
+
+    def _disk_full(self) -> str:
+        self._disk_node = self.rng.randrange(1, len(self.target.hosts) + 1)
+        taken = self.target.fill_disk(self._disk_node)
+        self._disk_seen = ""
+        self._disk_free = self.target.disk_free(self._disk_node)
+        return f"node {self._disk_node} disk filled ({taken >> 20} MiB balloon)"
+
+    def observe(self) -> None:
+        """Collect evidence while a fault is held (called by the runner every ~0.5 s)."""
+        if self.current is not None and self.current.fault == "disk-full":
+            self._disk_free = max(self._disk_free, self.target.disk_free(self._disk_node))
+            if not self._disk_seen:
+                self._disk_seen = self.target.disk_report(self._disk_node)
+
+    def _settle_disk_full(self, injection: Injection) -> None:
+        self.observe()
+        self.target.drain_disk(self._disk_node)
+        injection.fired = 0 <= self._disk_free <= FULL_DISK_SLACK
+        noticed = f"node reported: {self._disk_seen[:100]}" if self._disk_seen else "node did not need space"
+        injection.evidence = f"at most {self._disk_free} bytes free while held; {noticed}"
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, fault: str) -> Injection:
@@ -279,6 +366,10 @@ class Nemesis:
             injection.detail = self._pause(injection)
         elif fault == "clock":
             injection.detail = self._skew()
+        elif fault == "power-loss":
+            injection.detail = self._power_loss(injection)
+        elif fault == "disk-full":
+            injection.detail = self._disk_full()
         else:
             raise ValueError(f"unknown fault {fault!r}")
         self.current = injection
@@ -301,8 +392,10 @@ class Nemesis:
                 except ProcessLookupError:
                     pass
             self._stopped.clear()
-        elif injection.fault in ("kill", "kill-node"):
+        elif injection.fault in ("kill", "kill-node", "power-loss"):
             self._settle_kill(injection)
+        elif injection.fault == "disk-full":
+            self._settle_disk_full(injection)
         elif injection.fault == "clock":
             self._settle_clock(injection)
         injection.ended = self.clock()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import threading
 import time
 import urllib.request
@@ -34,9 +35,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from zraft import cluster
 from zraft.chaos.checker import Report, check_history
+from zraft.chaos.disks import DATA_SUBDIR, NodeDisks
 from zraft.chaos.history import HistoryError, HistoryWriter, Outcome
 from zraft.chaos.nemesis import (
     ALL_FAULTS,
@@ -46,13 +49,16 @@ from zraft.chaos.nemesis import (
     connections_between_nodes,
 )
 from zraft.chaos.workloads import Indeterminate, NodeClient, OpPlan, Refused, Workload, make_workload
-from zraft.config import load
+from zraft.config import RaftSettings, load
 
 NODES = 3
 WARMUP_S = 5.0
 RECOVERY_S = 10.0
 FINAL_WRITE_S = 30.0
 MARKER_TABLE = "chaos_marker"
+SEGMENT_BYTES = 4 << 20
+"""Small log segments: rollover happens within a run, and preallocation stays cheap on
+lazyfs (which has no fallocate) and on a small tmpfs."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +112,8 @@ class RunResult:
 class LocalTarget:
     """The running cluster as the nemesis sees it."""
 
-    def __init__(self, directory: Path, hosts: Sequence[str]) -> None:
-        self.directory, self.hosts = directory, list(hosts)
+    def __init__(self, directory: Path, hosts: Sequence[str], disks: dict[int, NodeDisks]) -> None:
+        self.directory, self.hosts, self.disks = directory, list(hosts), disks
         self.configs = [load(p) for p in sorted(directory.glob("node*/zraft.toml"),
                                                 key=lambda p: int(p.parent.name[4:]))]
 
@@ -127,14 +133,39 @@ class LocalTarget:
         temporary.write_text(spec + "\n")
         temporary.replace(path)  # a process never reads a half-written spec
 
-    def node_time(self, node: int) -> float | None:
+    def _status(self, node: int) -> dict[str, Any]:
         http = self.configs[node - 1].me().http
         try:
             with urllib.request.urlopen(f"http://{http}/status", timeout=3) as response:
-                stamp = json.loads(response.read())["node"]["current_time"]
-            return datetime.fromisoformat(stamp).timestamp()
-        except (OSError, ValueError, KeyError, TypeError):
+                doc = json.loads(response.read())
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def node_time(self, node: int) -> float | None:
+        try:
+            return datetime.fromisoformat(self._status(node)["node"]["current_time"]).timestamp()
+        except (KeyError, TypeError, ValueError):
             return None
+
+    def cut_power(self, node: int) -> None:
+        self.disks[node].cut()
+
+    def fill_disk(self, node: int) -> int:
+        return self.disks[node].fill()
+
+    def drain_disk(self, node: int) -> None:
+        self.disks[node].drain()
+
+    def disk_free(self, node: int) -> int:
+        return self.disks[node].free_bytes()
+
+    def disk_report(self, node: int) -> str:
+        store = self._status(node).get("store", {})
+        for section in (store.get("raft", {}), store.get("fsm", {})):
+            if isinstance(section, dict) and section.get("disk_full"):
+                return str(section["disk_full"])
+        return ""
 
 
 class Workers:
@@ -263,11 +294,18 @@ def run_once(options: ChaosOptions, index: int, seed: int, echo: Callable[[str],
     cluster_dir = directory / "cluster"
     history_path = directory / "history.jsonl"
     history_path.unlink(missing_ok=True)
-    cluster.up(cluster_dir, NODES, options.http_port, timeout_s=60.0, hosts=options.hosts,
-               fake_clock="clock" in options.faults)
-    firewall = Firewall(f"ZRAFT-{os.getpid() % 10**6}-{index}")
+    _fresh(cluster_dir)
+    disks = {node: NodeDisks(cluster_dir / f"node{node}", "power-loss" in options.faults,
+                             "disk-full" in options.faults, seed) for node in range(1, NODES + 1)}
+    firewall: Firewall | None = None
     try:
-        target = LocalTarget(cluster_dir, options.hosts)
+        for disk in disks.values():
+            disk.setup()
+        cluster.up(cluster_dir, NODES, options.http_port, timeout_s=60.0, hosts=options.hosts,
+                   fake_clock="clock" in options.faults, data_subdir=DATA_SUBDIR,
+                   raft=RaftSettings(segment_bytes=SEGMENT_BYTES))
+        firewall = Firewall(f"ZRAFT-{os.getpid() % 10**6}-{index}")
+        target = LocalTarget(cluster_dir, options.hosts, disks)
         https = [c.me().http for c in target.configs]
         _setup_schema(workload, https)
         nemesis = Nemesis(target, firewall, rng)
@@ -286,11 +324,26 @@ def run_once(options: ChaosOptions, index: int, seed: int, echo: Callable[[str],
             else:
                 result.problems += _final_reads(workload, history, https, marker)
     finally:
-        firewall.close()
+        if firewall is not None:
+            firewall.close()
         cluster.down(cluster_dir)
+        for disk in disks.values():
+            disk.close()
     _check(result, history_path, workload)
     (directory / "summary.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+def _fresh(cluster_dir: Path) -> None:
+    """Every run starts from empty data folders; refuse to delete under a live mount."""
+    if not cluster_dir.exists():
+        return
+    prefix = str(cluster_dir.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        live = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    if live:
+        raise RuntimeError(f"{cluster_dir} still has mounts ({', '.join(live)}); unmount them first")
+    shutil.rmtree(cluster_dir)
 
 
 def _drive(options: ChaosOptions, result: RunResult, workers: Workers, nemesis: Nemesis,
@@ -312,7 +365,10 @@ def _drive(options: ChaosOptions, result: RunResult, workers: Workers, nemesis: 
     while time.monotonic() + options.interval_s <= fault_end:
         injection = nemesis.start(nemesis.rng.choice(options.faults))
         echo(f"  {time.monotonic() - start:6.1f}s  {injection.fault}: {injection.detail}")
-        time.sleep(options.interval_s)
+        hold_end = time.monotonic() + options.interval_s
+        while time.monotonic() < hold_end:
+            nemesis.observe()
+            time.sleep(min(0.5, max(0.0, hold_end - time.monotonic())))
         nemesis.heal()
         result.injections.append(injection)
         echo(f"  {time.monotonic() - start:6.1f}s  healed ({'fired' if injection.fired else 'DID NOT FIRE'}: "

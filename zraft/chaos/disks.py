@@ -1,0 +1,108 @@
+"""The data folders of a chaos cluster, on filesystems that can fail on purpose.
+
+Each node's data folder (its Raft log, SQLite database and ipc sockets) is `nodeN/data`;
+configs and logs stay beside it, outside, so that a fault never loses a node's identity:
+- with power loss among the faults, `data` is a lazyfs mount (zraft.chaos.lazyfs) that
+  drops everything not fsynced when it is cut;
+- with disk full among the faults, the bytes live on a small tmpfs of their own (under the
+  lazyfs mount if both are asked for), which a balloon file fills up.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+from zraft.chaos.lazyfs import Mount, unavailable_reason
+
+DATA_SUBDIR = "data"
+TMPFS_SIZE = "192m"
+BALLOON = "balloon"
+_CHUNK = 1 << 20
+
+
+class DiskError(RuntimeError):
+    """A chaos filesystem could not be set up (not root, no FUSE, mount failed)."""
+
+
+def _mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == target for line in mounts)
+
+
+class NodeDisks:
+    """One node's data folder and whatever it is mounted on."""
+
+    def __init__(self, node_dir: Path, power_loss: bool, disk_full: bool, seed: int) -> None:
+        self.node_dir = node_dir
+        self.data = node_dir / DATA_SUBDIR
+        self.tmpfs: Path | None = node_dir / "disk" if disk_full else None
+        self.lazy: Mount | None = None
+        self._power_loss, self._seed = power_loss, seed
+
+    def setup(self) -> None:
+        self.node_dir.mkdir(parents=True, exist_ok=True)
+        if self.tmpfs is not None:
+            self.tmpfs.mkdir(exist_ok=True)
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(self.tmpfs)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise DiskError(f"cannot mount a tmpfs on {self.tmpfs}: {done.stderr.strip()}")
+        backing = (self.tmpfs / "data") if self.tmpfs is not None else self.node_dir / "backing"
+        if self._power_loss:
+            reason = unavailable_reason()
+            if reason:
+                raise DiskError(f"power loss needs lazyfs: {reason}")
+            self.lazy = Mount(backing, self.data, mode="drop", seed=self._seed,
+                              log=self.node_dir / "lazyfs.log")
+        elif self.tmpfs is not None:
+            backing.mkdir(exist_ok=True)
+            self.data.symlink_to(backing, target_is_directory=True)
+        else:
+            self.data.mkdir(exist_ok=True)
+
+    def cut(self) -> None:
+        """Lose everything on this node's data folder that was not fsynced."""
+        if self.lazy is None:
+            raise DiskError("power loss was not set up for this run")
+        self.lazy.cut()
+
+    def fill(self) -> int:
+        """Fill the node's tmpfs with a balloon until the disk is full; the bytes written."""
+        if self.tmpfs is None:
+            raise DiskError("disk full was not set up for this run")
+        written = 0
+        chunk = bytes(_CHUNK)
+        with open(self.tmpfs / BALLOON, "ab", buffering=0) as balloon:
+            while True:
+                try:
+                    written += balloon.write(chunk) or 0
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    if len(chunk) == 1:
+                        break
+                    chunk = bytes(len(chunk) // 2)
+        return written
+
+    def free_bytes(self) -> int:
+        if self.tmpfs is None:
+            return -1
+        stats = os.statvfs(self.tmpfs)
+        return stats.f_bavail * stats.f_frsize
+
+    def drain(self) -> None:
+        """Give the space back."""
+        if self.tmpfs is not None:
+            (self.tmpfs / BALLOON).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Unmount everything; never raises (used in cleanup)."""
+        if self.lazy is not None:
+            self.lazy.unmount()
+        if self.tmpfs is not None and _mounted(self.tmpfs):
+            if subprocess.run(["umount", str(self.tmpfs)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(self.tmpfs)], capture_output=True)
