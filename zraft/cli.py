@@ -219,5 +219,19 @@ def chaos(runs: int, time_s: float, workload: str, nemesis: str, seed: int | Non
                            out=Path(out), http_port=http_port, first_host=first_host,
                            concurrency=concurrency, rate=rate, interval_s=interval,
                            read_levels=read_levels)
+    _stop_cleanly_on_signals()
     campaign = run_campaign(options, click.echo)
     sys.exit(0 if campaign.passed else 1)
+
+
+def _stop_cleanly_on_signals() -> None:
+    """SIGTERM and SIGINT unwind the run, so its cleanup (firewall rules, mounts, cluster
+    processes) happens. Without this, SIGTERM kills at once, and SIGINT is ignored by a
+    command started in the background of a non-interactive shell."""
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
