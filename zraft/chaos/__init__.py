@@ -1,4 +1,4 @@
-"""Jepsen-style chaos testing: history recording and checking (the cluster half comes later)."""
+"""Jepsen-style chaos testing: `zraft chaos` (runner.py) and its history checkers; see DESIGN.md."""
 
 from __future__ import annotations
 
