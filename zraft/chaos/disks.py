@@ -6,21 +6,81 @@ configs and logs stay beside it, outside, so that a fault never loses a node's i
   drops everything not fsynced when it is cut;
 - with disk full among the faults, the bytes live on a small tmpfs of their own (under the
   lazyfs mount if both are asked for), which a balloon file fills up.
+Bit flips damage one synced entry record of a node's Raft log (flip_synced_entry_bit).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import random
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from zraft.chaos.lazyfs import Mount, unavailable_reason
+from zraft.logstore import LogStoreError
+from zraft.logstore.records import FRAME_HEADER, RecordType
+from zraft.logstore.segment import durable_claim_after, list_segments, scan_segment
 
 DATA_SUBDIR = "data"
 TMPFS_SIZE = "192m"
 BALLOON = "balloon"
 _CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class BitFlip:
+    """One flipped bit: where, so that it can be reported and undone."""
+
+    path: Path
+    offset: int
+    mask: int
+
+    def describe(self) -> str:
+        return f"{self.path.parent.name}/{self.path.name} byte {self.offset} mask {self.mask:#04x}"
+
+
+def _toggle(path: Path, offset: int, mask: int) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        byte = os.pread(fd, 1, offset)
+        os.pwrite(fd, bytes([byte[0] ^ mask]), offset)
+        os.fsync(fd)  # through lazyfs too: the damage is on "the disk"
+    finally:
+        os.close(fd)
+
+
+def flip_synced_entry_bit(log_dir: Path, rng: random.Random) -> BitFlip | None:
+    """Flip one bit inside an entry record that is provably fsynced: in a sealed segment, or
+    below the last segment's durable watermark. A torn unsynced tail is legitimately cut on
+    load, so damage there would prove nothing; damage here must be caught by the checksums."""
+    segments = list_segments(log_dir)
+    candidates: list[tuple[Path, int, int]] = []
+    for position, (seq, path) in enumerate(segments):
+        last = position == len(segments) - 1
+        try:
+            scan = scan_segment(seq, path, last)
+        except LogStoreError:
+            continue
+        limit = durable_claim_after(scan.data, 0, scan.salt) if last else len(scan.data)
+        candidates += [(path, frame.offset, frame.size) for frame in scan.frames
+                       if frame.rtype == RecordType.ENTRY and frame.offset + frame.size <= limit]
+    if not candidates:
+        return None
+    path, offset, size = rng.choice(candidates)
+    header = FRAME_HEADER.size
+    flip = BitFlip(path, offset + header + rng.randrange(size - header), 1 << rng.randrange(8))
+    _toggle(flip.path, flip.offset, flip.mask)
+    return flip
+
+
+def undo_flip(flip: BitFlip) -> bool:
+    """The operator's repair: flip the bit back, if the file is still where it was."""
+    if not flip.path.exists():
+        return False
+    _toggle(flip.path, flip.offset, flip.mask)
+    return True
 
 
 class DiskError(RuntimeError):

@@ -12,6 +12,8 @@ every fault it injected can show it:
   running at the injected rate, measured against ours;
 - power loss: every process of the node(s) was stopped, the data folder's unsynced bytes
   dropped (zraft.chaos.disks), and supervisord ran every process anew under a new PID;
+- bit flip: the node's raft process, restarted on a log with one flipped bit in synced
+  data, said so in its log (checksums caught it);
 - disk full: the node's disk had no free space left while the fault lasted (whether the
   node noticed depends on whether it needed new space: the log segment is preallocated and
   SQLite reuses its WAL; the evidence says whether it did).
@@ -31,12 +33,15 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
+
+from zraft.chaos.disks import BitFlip, flip_synced_entry_bit, undo_flip
 
 NETWORK_FAULTS = ("partition-halves", "partition-leader", "partition-bridge", "partition-asym", "loss")
 PROCESS_FAULTS = ("kill", "kill-node", "pause")
 CLOCK_FAULTS = ("clock",)
-DISK_FAULTS = ("power-loss", "disk-full")
+DISK_FAULTS = ("power-loss", "disk-full", "bitflip")
 ALL_FAULTS = NETWORK_FAULTS + PROCESS_FAULTS + CLOCK_FAULTS + DISK_FAULTS
 GROUPS: dict[str, tuple[str, ...]] = {
     "partition": ("partition-halves", "partition-leader", "partition-bridge", "partition-asym"),
@@ -93,6 +98,12 @@ class Target(Protocol):
 
     def disk_free(self, node: int) -> int:
         """Free bytes left on `node`'s data disk."""
+
+    def log_dir(self, node: int) -> Path:
+        """`node`'s Raft log folder."""
+
+    def process_log(self, node: int, kind: str) -> Path:
+        """The file a process of `node` writes its log lines to."""
 
 
 @dataclass
@@ -175,6 +186,9 @@ class Nemesis:
         self._disk_node = 0
         self._disk_seen = ""
         self._disk_free = -1
+        self._flip: BitFlip | None = None
+        self._flip_node = 0
+        self._flip_log_from = 0
 
     # -- network -------------------------------------------------------------------------
     def _cut(self, groups: Sequence[Sequence[str]]) -> None:
@@ -336,6 +350,36 @@ class Nemesis:
         self._disk_free = self.target.disk_free(self._disk_node)
         return f"node {self._disk_node} disk filled ({taken >> 20} MiB balloon)"
 
+    def _bitflip(self, injection: Injection) -> str:
+        """Damage synced data in one node's Raft log while its raft process is stopped, then
+        kill it: the restart must notice (the checksums) and not serve from it."""
+        pids = self.target.pids()
+        node = self.rng.choice(sorted({n for n, _ in pids}) or [1])
+        self._flip_node = node
+        log = self.target.process_log(node, "raft")
+        self._flip_log_from = log.stat().st_size if log.exists() else 0
+        pid = pids.get((node, "raft"))
+        if pid:
+            _signal(pid, signal.SIGSTOP)
+        self._flip = flip_synced_entry_bit(self.target.log_dir(node), self.rng)
+        if pid:
+            _signal(pid, signal.SIGKILL)
+            injection.pids = {f"node{node}-raft": pid}
+        return f"node {node}: {self._flip.describe()}" if self._flip else f"node {node}: no synced entry to damage"
+
+    def _settle_bitflip(self, injection: Injection) -> None:
+        log = self.target.process_log(self._flip_node, "raft")
+        try:
+            with open(log, errors="replace") as text:
+                text.seek(self._flip_log_from)
+                lines = [line.strip() for line in text if "corrupt" in line.lower()]
+        except OSError:
+            lines = []
+        restored = undo_flip(self._flip) if self._flip else False
+        injection.fired = self._flip is not None and bool(lines)
+        seen = f"node said: {lines[0][-160:]}" if lines else "the node never reported the damage"
+        injection.evidence = seen + ("; bit restored by the nemesis (an operator's repair)" if restored else "")
+
     def observe(self) -> None:
         """Collect evidence while a fault is held (called by the runner every ~0.5 s)."""
         if self.current is not None and self.current.fault == "disk-full":
@@ -370,6 +414,8 @@ class Nemesis:
             injection.detail = self._power_loss(injection)
         elif fault == "disk-full":
             injection.detail = self._disk_full()
+        elif fault == "bitflip":
+            injection.detail = self._bitflip(injection)
         else:
             raise ValueError(f"unknown fault {fault!r}")
         self.current = injection
@@ -396,6 +442,8 @@ class Nemesis:
             self._settle_kill(injection)
         elif injection.fault == "disk-full":
             self._settle_disk_full(injection)
+        elif injection.fault == "bitflip":
+            self._settle_bitflip(injection)
         elif injection.fault == "clock":
             self._settle_clock(injection)
         injection.ended = self.clock()

@@ -160,6 +160,12 @@ class LocalTarget:
     def disk_free(self, node: int) -> int:
         return self.disks[node].free_bytes()
 
+    def log_dir(self, node: int) -> Path:
+        return self.configs[node - 1].log_dir
+
+    def process_log(self, node: int, kind: str) -> Path:
+        return self.directory / f"node{node}" / f"{kind}.log"
+
     def disk_report(self, node: int) -> str:
         store = self._status(node).get("store", {})
         for section in (store.get("raft", {}), store.get("fsm", {})):
