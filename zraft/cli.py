@@ -182,7 +182,7 @@ def shell(host: str, scheme: str, timeout: float) -> None:
               show_default=True)
 @click.option("--nemesis", default="all", show_default=True,
               help="Comma-separated faults or groups: partition-halves, partition-leader, partition-bridge, "
-                   "partition-asym, loss, kill, kill-node, pause, clock, power-loss, disk-full, bitflip; groups: partition, all.")
+                   "partition-asym, loss, kill, kill-node, pause, clock, power-loss, disk-full, slow-disk, bitflip; groups: partition, all.")
 @click.option("--seed", type=int, default=None, help="Seed of the first run (default: from the clock, printed).")
 @click.option("--out", type=click.Path(file_okay=False), default="chaos-out", show_default=True,
               help="Folder for each run's history, summary and cluster logs.")

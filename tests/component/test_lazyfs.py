@@ -374,3 +374,25 @@ def test_a_failed_fsync_keeps_the_data_readable_and_retries(tmp_path: Path) -> N
             finally:
                 os.close(fd)
             assert (disk / "backing" / "f").read_bytes() == data
+
+
+@needs_fuse
+def test_slow_disk_stalls_every_fsync_until_told_otherwise(mnt: Mount) -> None:
+    path = mnt.mountpoint / "f"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR)
+    try:
+        mnt.slow(150)
+        started = time.monotonic()
+        os.write(fd, b"x")
+        os.fsync(fd)
+        assert time.monotonic() - started >= 0.15
+        assert mnt.slowed_syncs() == 1
+        mnt.slow(0)
+        started = time.monotonic()
+        os.fsync(fd)
+        assert time.monotonic() - started < 0.15
+        assert mnt.slowed_syncs() == 1
+        with pytest.raises(OSError):
+            mnt.control.write_text("slow=-5\n")
+    finally:
+        os.close(fd)

@@ -97,7 +97,8 @@ def test_set_run_with_power_loss_and_full_disks_loses_nothing(tmp_path):
 
     if unavailable_reason():
         pytest.skip(unavailable_reason())
-    options = _options(tmp_path, 56, workload="set", faults=("power-loss", "disk-full"), seed=12)
+    options = _options(tmp_path, 56, workload="set", faults=("power-loss", "disk-full", "slow-disk"),
+                       seed=12)
     _assert_passed(run_campaign(options, echo=lambda _: None), options)
     assert not any(line.split()[1].startswith(str(tmp_path)) for line in open("/proc/self/mounts")), \
         "every mount must be gone after the run"

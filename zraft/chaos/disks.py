@@ -97,6 +97,7 @@ class NodeDisks:
     """One node's data folder and whatever it is mounted on."""
 
     def __init__(self, node_dir: Path, power_loss: bool, disk_full: bool, seed: int) -> None:
+        """`power_loss`: the data folder is a lazyfs mount (also what slow disks need)."""
         self.node_dir = node_dir
         self.data = node_dir / DATA_SUBDIR
         self.tmpfs: Path | None = node_dir / "disk" if disk_full else None
@@ -129,6 +130,15 @@ class NodeDisks:
         if self.lazy is None:
             raise DiskError("power loss was not set up for this run")
         self.lazy.cut()
+
+    def slow(self, delay_ms: int) -> None:
+        """Make every fsync on this node's data folder stall `delay_ms` (0: normal)."""
+        if self.lazy is None:
+            raise DiskError("slow disks need the lazyfs mount, which this run did not set up")
+        self.lazy.slow(delay_ms)
+
+    def slowed_syncs(self) -> int:
+        return self.lazy.slowed_syncs() if self.lazy is not None else 0
 
     def fill(self) -> int:
         """Fill the node's tmpfs with a balloon until the disk is full; the bytes written."""

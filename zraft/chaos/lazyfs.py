@@ -27,7 +27,8 @@ name can be lost unless its directory is fsynced: a missing directory fsync is *
 caught by this filesystem.
 
 Triggers: write ``cut`` to ``MOUNTPOINT/.lazyfs-control`` (the write returns once the cut is
-done; ``sync`` flushes everything pending, like sync(1); reading the file returns a status
+done; ``sync`` flushes everything pending, like sync(1); ``slow=MS`` makes every later fsync
+stall MS milliseconds, a slow disk, and ``slow=0`` ends it; reading the file returns a status
 line), or send SIGUSR1 to the process. A cut models a power loss only when no process is
 using the mount at that moment (kill them first): the kernel's page cache of a file that
 stays open across a cut may still show the lost data. A file opened after the cut reads
@@ -70,6 +71,16 @@ MODES: tuple[Mode, ...] = ("drop", "torn", "reorder")
 _SECTOR = 512
 _PAGE = 4096
 _Key = tuple[int, int]  # (st_dev, st_ino) of the backing file
+
+
+def _delay_ms(word: str) -> int:
+    try:
+        delay = int(word.removeprefix("slow="))
+    except ValueError:
+        raise OSError(errno.EINVAL, f"bad delay in {word!r}") from None
+    if not 0 <= delay <= 60_000:
+        raise OSError(errno.EINVAL, f"delay out of range in {word!r}")
+    return delay
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -245,6 +256,8 @@ class LazyFS:
         self.mode: Mode = mode
         self.seed = seed
         self.cuts = 0
+        self.fsync_delay_s = 0.0
+        self.slowed_syncs = 0
         self._mutex = threading.RLock()
         self._pending: dict[_Key, Pending] = {}
         self._handles: dict[int, _Handle] = {}
@@ -288,7 +301,9 @@ class LazyFS:
     def status(self) -> str:
         with self._mutex:
             pending = sum(p.pending_bytes() for p in self._pending.values())
-            return f"mode={self.mode} cuts={self.cuts} pending_files={len(self._pending)} pending_bytes={pending}\n"
+            return (f"mode={self.mode} cuts={self.cuts} pending_files={len(self._pending)} "
+                    f"pending_bytes={pending} slow_ms={self.fsync_delay_s * 1000:.0f} "
+                    f"slowed_syncs={self.slowed_syncs}\n")
 
     def _commit(self, key: _Key) -> None:
         """fsync: write the pending changes to the disk copy. If that fails (a full disk),
@@ -472,6 +487,10 @@ class LazyFS:
     def fsync(self, path: str | None, datasync: int, fi: Any) -> None:
         if fi.fh == 0:
             return
+        if self.fsync_delay_s:
+            # A slow disk: every sync stalls, and (single-threaded) so does all I/O meanwhile.
+            time.sleep(self.fsync_delay_s)
+            self.slowed_syncs += 1
         self._commit(self._handle(fi).key)
 
     def fsyncdir(self, path: str | None, datasync: int, fh: int) -> None:
@@ -492,8 +511,10 @@ class LazyFS:
                 self.cut()
             elif word == "sync":
                 self.sync()
+            elif word.startswith("slow="):
+                self.fsync_delay_s = _delay_ms(word) / 1000.0
             else:
-                raise OSError(errno.EINVAL, f"unknown command {word!r} (use cut or sync)")
+                raise OSError(errno.EINVAL, f"unknown command {word!r} (use cut, sync or slow=MS)")
 
     def destroy(self, path: str) -> None:
         with self._mutex:
@@ -590,6 +611,14 @@ class Mount:
 
     def status(self) -> str:
         return self.control.read_text()
+
+    def slow(self, delay_ms: int) -> None:
+        """Make every fsync take `delay_ms` longer (0: full speed again)."""
+        self.control.write_text(f"slow={delay_ms}\n")
+
+    def slowed_syncs(self) -> int:
+        """How many fsyncs have been slowed so far."""
+        return int(self.status().split("slowed_syncs=")[1].split()[0])
 
     def unmount(self) -> None:
         """Unmount (lazily if busy) and stop the process; never raises."""

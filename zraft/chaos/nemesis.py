@@ -12,6 +12,7 @@ every fault it injected can show it:
   running at the injected rate, measured against ours;
 - power loss: every process of the node(s) was stopped, the data folder's unsynced bytes
   dropped (zraft.chaos.disks), and supervisord ran every process anew under a new PID;
+- slow disk: fsyncs on the node's data folder were actually stalled (lazyfs counts them);
 - bit flip: the node's raft process, restarted on a log with one flipped bit in synced
   data, said so in its log (checksums caught it);
 - disk full: the node's disk had no free space left while the fault lasted (whether the
@@ -41,7 +42,7 @@ from zraft.chaos.disks import BitFlip, flip_synced_entry_bit, undo_flip
 NETWORK_FAULTS = ("partition-halves", "partition-leader", "partition-bridge", "partition-asym", "loss")
 PROCESS_FAULTS = ("kill", "kill-node", "pause")
 CLOCK_FAULTS = ("clock",)
-DISK_FAULTS = ("power-loss", "disk-full", "bitflip")
+DISK_FAULTS = ("power-loss", "disk-full", "slow-disk", "bitflip")
 ALL_FAULTS = NETWORK_FAULTS + PROCESS_FAULTS + CLOCK_FAULTS + DISK_FAULTS
 GROUPS: dict[str, tuple[str, ...]] = {
     "partition": ("partition-halves", "partition-leader", "partition-bridge", "partition-asym"),
@@ -101,6 +102,12 @@ class Target(Protocol):
 
     def log_dir(self, node: int) -> Path:
         """`node`'s Raft log folder."""
+
+    def slow_disk(self, node: int, delay_ms: int) -> None:
+        """Make every fsync of `node` stall `delay_ms` (0: normal again)."""
+
+    def slowed_syncs(self, node: int) -> int:
+        """How many of `node`'s fsyncs have been stalled so far."""
 
     def process_log(self, node: int, kind: str) -> Path:
         """The file a process of `node` writes its log lines to."""
@@ -189,6 +196,8 @@ class Nemesis:
         self._flip: BitFlip | None = None
         self._flip_node = 0
         self._flip_log_from = 0
+        self._slow_node = 0
+        self._slowed_before = 0
 
     # -- network -------------------------------------------------------------------------
     def _cut(self, groups: Sequence[Sequence[str]]) -> None:
@@ -380,6 +389,19 @@ class Nemesis:
         seen = f"node said: {lines[0][-160:]}" if lines else "the node never reported the damage"
         injection.evidence = seen + ("; bit restored by the nemesis (an operator's repair)" if restored else "")
 
+    def _slow_disk(self) -> str:
+        self._slow_node = self.rng.randrange(1, len(self.target.hosts) + 1)
+        delay = self.rng.choice((20, 100, 500))
+        self._slowed_before = self.target.slowed_syncs(self._slow_node)
+        self.target.slow_disk(self._slow_node, delay)
+        return f"node {self._slow_node}: every fsync stalls {delay} ms"
+
+    def _settle_slow_disk(self, injection: Injection) -> None:
+        self.target.slow_disk(self._slow_node, 0)
+        slowed = self.target.slowed_syncs(self._slow_node) - self._slowed_before
+        injection.fired = slowed > 0
+        injection.evidence = f"{slowed} fsyncs stalled"
+
     def observe(self) -> None:
         """Collect evidence while a fault is held (called by the runner every ~0.5 s)."""
         if self.current is not None and self.current.fault == "disk-full":
@@ -416,6 +438,8 @@ class Nemesis:
             injection.detail = self._disk_full()
         elif fault == "bitflip":
             injection.detail = self._bitflip(injection)
+        elif fault == "slow-disk":
+            injection.detail = self._slow_disk()
         else:
             raise ValueError(f"unknown fault {fault!r}")
         self.current = injection
@@ -444,6 +468,8 @@ class Nemesis:
             self._settle_disk_full(injection)
         elif injection.fault == "bitflip":
             self._settle_bitflip(injection)
+        elif injection.fault == "slow-disk":
+            self._settle_slow_disk(injection)
         elif injection.fault == "clock":
             self._settle_clock(injection)
         injection.ended = self.clock()

@@ -163,6 +163,12 @@ class LocalTarget:
     def log_dir(self, node: int) -> Path:
         return self.configs[node - 1].log_dir
 
+    def slow_disk(self, node: int, delay_ms: int) -> None:
+        self.disks[node].slow(delay_ms)
+
+    def slowed_syncs(self, node: int) -> int:
+        return self.disks[node].slowed_syncs()
+
     def process_log(self, node: int, kind: str) -> Path:
         return self.directory / f"node{node}" / f"{kind}.log"
 
@@ -301,7 +307,8 @@ def run_once(options: ChaosOptions, index: int, seed: int, echo: Callable[[str],
     history_path = directory / "history.jsonl"
     history_path.unlink(missing_ok=True)
     _fresh(cluster_dir)
-    disks = {node: NodeDisks(cluster_dir / f"node{node}", "power-loss" in options.faults,
+    lazy = "power-loss" in options.faults or "slow-disk" in options.faults
+    disks = {node: NodeDisks(cluster_dir / f"node{node}", lazy,
                              "disk-full" in options.faults, seed) for node in range(1, NODES + 1)}
     firewall: Firewall | None = None
     try:
