@@ -52,6 +52,8 @@ LOSS_PROBABILITY = 0.2
 FULL_DISK_SLACK = 64 << 10
 """A disk with at most this much free space left counts as full (tmpfs keeps a few pages)."""
 PROCESS_TYPES = ("raft", "store", "api")
+KILLING_FAULTS = frozenset({"kill", "kill-node", "power-loss", "bitflip"})
+"""Faults that end processes on purpose; under every other fault a restart is a crash."""
 
 
 def expand(names: Sequence[str]) -> tuple[str, ...]:
@@ -124,10 +126,13 @@ class Injection:
     fired: bool = False
     evidence: str = "no evidence collected"
     pids: dict[str, int] = field(default_factory=dict)
+    problem: str = ""
+    """Set when the system misbehaved under this fault (a process crashed that should not)."""
 
     def to_json(self) -> dict[str, object]:
         return {"fault": self.fault, "detail": self.detail, "started": round(self.started, 3),
-                "ended": round(self.ended, 3), "fired": self.fired, "evidence": self.evidence}
+                "ended": round(self.ended, 3), "fired": self.fired, "evidence": self.evidence,
+                "problem": self.problem}
 
 
 class Firewall:
@@ -198,6 +203,7 @@ class Nemesis:
         self._flip_log_from = 0
         self._slow_node = 0
         self._slowed_before = 0
+        self._pids_before: dict[tuple[int, str], int] = {}
 
     # -- network -------------------------------------------------------------------------
     def _cut(self, groups: Sequence[Sequence[str]]) -> None:
@@ -422,6 +428,7 @@ class Nemesis:
         if self.current is not None:
             raise RuntimeError("heal the current fault before starting another")
         injection = Injection(fault, "", self.clock())
+        self._pids_before = {} if fault in KILLING_FAULTS else self.target.pids()
         if fault.startswith("partition"):
             injection.detail = self._partition(fault)
         elif fault == "loss":
@@ -472,8 +479,19 @@ class Nemesis:
             self._settle_slow_disk(injection)
         elif injection.fault == "clock":
             self._settle_clock(injection)
+        self._check_no_crash(injection)
         injection.ended = self.clock()
         return injection
+
+    def _check_no_crash(self, injection: Injection) -> None:
+        """Under a fault that kills nothing, every process must still run under its PID."""
+        if not self._pids_before:
+            return
+        now = self.target.pids()
+        crashed = sorted(f"node{node}-{kind}" for (node, kind), pid in self._pids_before.items()
+                         if now.get((node, kind)) != pid)
+        if crashed:
+            injection.problem = f"process(es) restarted or gone under {injection.fault}: {', '.join(crashed)}"
 
     def _settle_kill(self, injection: Injection) -> None:
         """A kill bit if each victim PID is gone and supervisord runs the program anew."""

@@ -384,6 +384,8 @@ def _drive(options: ChaosOptions, result: RunResult, workers: Workers, nemesis: 
             time.sleep(min(0.5, max(0.0, hold_end - time.monotonic())))
         nemesis.heal()
         result.injections.append(injection)
+        if injection.problem:
+            result.problems.append(injection.problem)
         echo(f"  {time.monotonic() - start:6.1f}s  healed ({'fired' if injection.fired else 'DID NOT FIRE'}: "
              f"{injection.evidence})")
         time.sleep(min(options.interval_s, max(0.0, fault_end - time.monotonic())))

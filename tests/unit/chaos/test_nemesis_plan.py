@@ -34,3 +34,57 @@ def test_unknown_fault_is_refused():
 ])
 def test_source_pinning(destination, own, expected):
     assert from_own_address(destination, own) == expected
+
+
+class FakeFirewall:
+    def __init__(self) -> None:
+        self.rules: list[tuple[str, str, float]] = []
+
+    def drop(self, source: str, destination: str, probability: float = 1.0) -> None:
+        self.rules.append((source, destination, probability))
+
+    def dropped_packets(self) -> int:
+        return 7 if self.rules else 0
+
+    def heal(self) -> None:
+        self.rules.clear()
+
+
+class FakeTarget:
+    hosts = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+    def __init__(self) -> None:
+        self.table = {(1, "raft"): 100, (1, "store"): 101, (2, "raft"): 200}
+
+    def pids(self):
+        return dict(self.table)
+
+    def leader(self):
+        return 1
+
+
+def _nemesis(target):
+    import random
+
+    from zraft.chaos.nemesis import Nemesis
+
+    return Nemesis(target, FakeFirewall(), random.Random(3))  # type: ignore[arg-type]
+
+
+def test_a_crash_under_a_fault_that_kills_nothing_is_a_problem():
+    target = FakeTarget()
+    nemesis = _nemesis(target)
+    nemesis.start("loss")
+    target.table[(1, "store")] = 555  # supervisord restarted a crashed store
+    injection = nemesis.heal()
+    assert injection.fired and "7 packets" in injection.evidence
+    assert injection.problem == "process(es) restarted or gone under loss: node1-store"
+
+
+def test_no_problem_when_every_process_kept_its_pid():
+    target = FakeTarget()
+    nemesis = _nemesis(target)
+    nemesis.start("partition-leader")
+    injection = nemesis.heal()
+    assert injection.detail == "leader 127.0.0.2 isolated"
+    assert injection.fired and injection.problem == ""
