@@ -305,10 +305,12 @@ class Nemesis:
     def _await_clock(self) -> tuple[float, float] | None:
         """The first (real, node) clock sample taken once the node runs on the new spec.
 
-        Processes re-read the spec at most once a second, so poll for up to 3.5 s. A new
-        rate shows as a jump (libfaketime applies it from the process's start)."""
+        Processes re-read the spec at most once a second, so a couple of seconds would do,
+        but a node busy recovering from an earlier fault can answer /status slowly: poll for
+        up to 10 s. A new rate shows as a jump (libfaketime applies it from the process's
+        start)."""
         kind, amount = self._clock_change
-        deadline = time.monotonic() + 3.5
+        deadline = time.monotonic() + 10.0
         while True:
             sample = self._sample_clock()
             if sample is not None:

@@ -136,7 +136,7 @@ class LocalTarget:
     def _status(self, node: int) -> dict[str, Any]:
         http = self.configs[node - 1].me().http
         try:
-            with urllib.request.urlopen(f"http://{http}/status", timeout=3) as response:
+            with urllib.request.urlopen(f"http://{http}/status", timeout=5) as response:
                 doc = json.loads(response.read())
         except (OSError, ValueError):
             return {}
