@@ -14,8 +14,10 @@ STEPS = 5000
 
 
 def first_violation(core_class: type[RaftCore], nodes: int = 3) -> tuple[int, str]:
+    # Without the damage fault: these budgets were calibrated on the fault mix before it
+    # existed (the damage fault's own planted control is in test_damage_fault.py).
     for seed in range(MAX_SEEDS):
-        result = run_seed(seed, STEPS, nodes, core_factory=core_class, check_liveness=False)
+        result = run_seed(seed, STEPS, nodes, core_factory=core_class, check_liveness=False, damage=False)
         if result.violations:
             return seed, result.violations[0]
     raise AssertionError(f"{core_class.__name__} survived {MAX_SEEDS} seeds")

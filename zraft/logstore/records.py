@@ -28,8 +28,10 @@ _LEN_TYPE = struct.Struct("<IB")
 _ENTRY = struct.Struct("<QQB")  # term, index, kind; data follows
 _ENTRY_HEAD = struct.Struct("<IBQQB")  # length, type, then _ENTRY: everything after the CRC
 _HARD = struct.Struct("<QQQ")  # term, vote, commit
+_HARD_FLOOR = struct.Struct("<QQQQQ")  # term, vote, commit, vote floor term, vote floor index
 _SNAP = struct.Struct("<QQB")  # index, term, keep-suffix flag; encoded ConfState follows
-_CHECKPOINT = struct.Struct("<QQQQQQQ")  # hard term/vote/commit, snap index/term, last index/term
+_CHECKPOINT_V2 = struct.Struct("<QQQQQQQ")  # hard term/vote/commit, snap index/term, last index/term
+_CHECKPOINT = struct.Struct("<QQQQQQQQQ")  # hard term/vote/commit/floor term/floor index, snap, last
 _WATERMARK = struct.Struct("<QQQ")  # segment salt, own offset, durable offset
 _WATERMARK_HEAD = struct.Struct("<IBQQQ")  # length, type, then _WATERMARK
 
@@ -92,7 +94,11 @@ def encode_entry(entry: Entry) -> bytes:
 
 
 def encode_hard_state(hs: HardState) -> bytes:
-    return frame(RecordType.HARD_STATE, _HARD.pack(hs.term, hs.vote, hs.commit))
+    """24 bytes without a vote floor (the common case, and the only one before floors
+    existed), 40 with one: the payload's length says which."""
+    if hs.vote_floor() == (0, 0):
+        return frame(RecordType.HARD_STATE, _HARD.pack(hs.term, hs.vote, hs.commit))
+    return frame(RecordType.HARD_STATE, _HARD_FLOOR.pack(hs.term, hs.vote, hs.commit, hs.floor_term, hs.floor_index))
 
 
 def encode_snapshot(meta: SnapshotMeta, keep: bool) -> bytes:
@@ -104,7 +110,8 @@ def encode_snapshot(meta: SnapshotMeta, keep: bool) -> bytes:
 
 def encode_checkpoint(cp: Checkpoint) -> bytes:
     hs, snap = cp.hard, cp.snap
-    head = _CHECKPOINT.pack(hs.term, hs.vote, hs.commit, snap.index, snap.term, cp.last_index, cp.last_term)
+    head = _CHECKPOINT.pack(hs.term, hs.vote, hs.commit, hs.floor_term, hs.floor_index, snap.index, snap.term,
+                            cp.last_index, cp.last_term)
     return frame(RecordType.CHECKPOINT, head, snap.conf.encode())
 
 
@@ -215,6 +222,8 @@ def decode_entry(payload: memoryview) -> Entry:
 
 
 def decode_hard_state(payload: memoryview) -> HardState:
+    if len(payload) == _HARD_FLOOR.size:
+        return HardState(*_HARD_FLOOR.unpack_from(payload))
     _check_size(payload, _HARD, exact=True)
     term, vote, commit = _HARD.unpack_from(payload)
     return HardState(term, vote, commit)
@@ -229,11 +238,20 @@ def decode_snapshot(payload: memoryview) -> SnapshotRecord:
     return SnapshotRecord(meta, bool(keep))
 
 
-def decode_checkpoint(payload: memoryview) -> Checkpoint:
-    _check_size(payload, _CHECKPOINT, exact=False)
-    term, vote, commit, s_index, s_term, last_index, last_term = _CHECKPOINT.unpack_from(payload)
-    snap = SnapshotMeta(s_index, s_term, _conf(payload[_CHECKPOINT.size :]))
-    return Checkpoint(HardState(term, vote, commit), snap, last_index, last_term)
+def decode_checkpoint(payload: memoryview, version: int = 3) -> Checkpoint:
+    """Segment format 3 added the vote floor to the checkpoint's hard state; format 2 had none."""
+    if version == 2:
+        _check_size(payload, _CHECKPOINT_V2, exact=False)
+        term, vote, commit, s_index, s_term, last_index, last_term = _CHECKPOINT_V2.unpack_from(payload)
+        hard = HardState(term, vote, commit)
+        rest = payload[_CHECKPOINT_V2.size :]
+    else:
+        _check_size(payload, _CHECKPOINT, exact=False)
+        term, vote, commit, f_term, f_index, s_index, s_term, last_index, last_term = _CHECKPOINT.unpack_from(payload)
+        hard = HardState(term, vote, commit, f_term, f_index)
+        rest = payload[_CHECKPOINT.size :]
+    snap = SnapshotMeta(s_index, s_term, _conf(rest))
+    return Checkpoint(hard, snap, last_index, last_term)
 
 
 def decode_watermark(payload: memoryview) -> Watermark:

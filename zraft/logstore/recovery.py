@@ -50,7 +50,7 @@ def recover(directory: Path) -> Recovered | None:
     """The verified log in `directory`, or None if it holds no segment yet."""
     scans = _scan_all(directory)
     kept = [scan for scan in scans if not scan.discard]
-    replayed = _replay_all(kept) if kept else None
+    replayed = replay_all(kept) if kept else None
     for scan in scans:
         if scan.discard:
             _discard(scan)
@@ -79,7 +79,9 @@ def _discard(scan: SegmentScan) -> None:
     fsutil.fsync_dir(scan.path.parent)
 
 
-def _replay_all(scans: list[SegmentScan]) -> tuple[LogIndex, list[SegmentInfo]]:
+def replay_all(scans: list[SegmentScan]) -> tuple[LogIndex, list[SegmentInfo]]:
+    """Replay verified segments, oldest first, into a LogIndex (also used by salvage, on the
+    part of a damaged log that comes before the damage)."""
     first = scans[0]
     cp = _checkpoint(first)
     index = LogIndex(cp.hard, cp.snap, cp.last_index)
@@ -99,7 +101,7 @@ def _replay_all(scans: list[SegmentScan]) -> tuple[LogIndex, list[SegmentInfo]]:
 def _checkpoint(scan: SegmentScan) -> Checkpoint:
     frame = scan.frames[0]
     try:
-        return decode_checkpoint(frame.payload(scan.data))
+        return decode_checkpoint(frame.payload(scan.data), scan.version)
     except RecordFormatError as exc:
         raise LogCorruptError(scan.path, frame.offset, str(exc)) from None
 

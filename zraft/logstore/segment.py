@@ -34,9 +34,12 @@ from zraft.logstore.records import (
 log = logging.getLogger(__name__)
 
 MAGIC = b"ZRAFTLOG"
-VERSION = 2
-"""2 added the header salt and WATERMARK records. Version 1 segments are refused: there were
-no deployed stores to upgrade, and reading them would need the old, stricter recovery rules."""
+VERSION = 3
+"""2 added the header salt and WATERMARK records; 3 added the vote floor to the checkpoint's
+hard state. Version 2 segments are still read (their floor is none); version 1 segments are
+refused: there were no deployed stores to upgrade, and reading them would need the old,
+stricter recovery rules."""
+READABLE_VERSIONS = (2, 3)
 FILE_HEADER = struct.Struct("<8sHHQQI")  # magic, version, reserved, seq, salt, crc32 of the rest
 _MAGIC_VERSION = struct.Struct("<8sH")
 _NAME = re.compile(r"^(\d{16})\.seg$")
@@ -66,26 +69,28 @@ def new_salt() -> int:
     return int.from_bytes(os.urandom(8), "little")
 
 
-def _read_header(data: bytes, seq: int, path: Path) -> int | str:
-    """The segment's salt, or why its header is unreadable (possibly a torn creation).
+def read_header(data: bytes, seq: int, path: Path) -> tuple[int, int] | str:
+    """The segment's (salt, format version), or why its header is unreadable (possibly a torn
+    creation).
 
     A header with our magic and another version number is refused outright: that is a file
     written by another build, never a torn write, and deleting it as one would lose a log."""
     if len(data) >= _MAGIC_VERSION.size:
         magic, version = _MAGIC_VERSION.unpack_from(data)
-        if magic == MAGIC and version != VERSION:
+        if magic == MAGIC and version not in READABLE_VERSIONS:
             raise LogCorruptError(path, 8, f"segment format version {version}; this build reads only "
-                                  f"version {VERSION} (there is no upgrade path: start from a fresh log)")
+                                  f"versions {READABLE_VERSIONS} (there is no upgrade path: start from a "
+                                  "fresh log)")
     if len(data) < FILE_HEADER.size:
         return "file shorter than its header"
-    magic, _version, _reserved, file_seq, salt, crc = FILE_HEADER.unpack_from(data)
+    magic, version, _reserved, file_seq, salt, crc = FILE_HEADER.unpack_from(data)
     if magic != MAGIC:
         return f"bad magic {magic!r}"
     if zlib.crc32(data[: FILE_HEADER.size - 4]) != crc:
         return "header checksum mismatch"
     if file_seq != seq:
         return f"header says segment {file_seq}, file name says {seq}"
-    return int(salt)
+    return int(salt), int(version)
 
 
 # -- scanning -----------------------------------------------------------------------------
@@ -105,6 +110,7 @@ class SegmentScan:
     discard: bool = False
     data: bytes = b""
     salt: int = 0
+    version: int = VERSION
 
 
 def _all_zero(data: bytes, start: int) -> bool:
@@ -153,10 +159,10 @@ def scan_segment(seq: int, path: Path, is_last: bool) -> SegmentScan:
     """Verify and index one segment; raise LogCorruptError for anything but a torn tail."""
     data = fsutil.read_file(path)
     scan = SegmentScan(seq, path, data=data)
-    header = _read_header(data, seq, path)
+    header = read_header(data, seq, path)
     if isinstance(header, str):
         return _torn_creation_or_corrupt(scan, 0, header, is_last)
-    scan.salt = header
+    scan.salt, scan.version = header
     try:
         _scan_frames(scan, is_last)
     except RecordFormatError as exc:

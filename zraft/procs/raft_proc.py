@@ -16,6 +16,10 @@ Rules of this module:
 - bad input from outside (undecodable frames, bad requests) is counted and dropped; a broken
   invariant inside (log corruption, LogInvariantError) ends the process with a non-zero exit
   code so that the supervisor restarts it;
+- a log with damage in synced data found at start is salvaged when that is safe: the damaged
+  folder is moved aside, the node starts from the readable prefix with a vote floor and fetches
+  the rest from the leader (zraft/logstore/salvage.py, raft/DESIGN.md); otherwise the process
+  exits non-zero, as before, and an operator must replace the node's data;
 - a write to the log that fails with an OSError (a full disk above all) ends nothing: the log
   store drops what is not known durable, the core is rebuilt from the disk exactly as a restart
   would, and the node sits out for PERSIST_RETRY_S (peer traffic dropped, no ticks, writes
@@ -44,7 +48,8 @@ from typing import Any
 import zmq
 
 from zraft.config import ConfigError, NodeConfig, load
-from zraft.logstore import FileLogStore, LogCompactedError, LogStore, LogStoreError, fsutil
+from zraft.logstore import FileLogStore, LogCompactedError, LogCorruptError, LogStore, LogStoreError, fsutil
+from zraft.logstore.salvage import SalvageRefused, finish_interrupted, quarantine, salvage
 from zraft.raft import (
     NONE,
     ConfChange,
@@ -54,6 +59,7 @@ from zraft.raft import (
     HardState,
     InitialState,
     LogInvariantError,
+    RaftLog,
     Message,
     ProposalDropped,
     RaftConfig,
@@ -166,6 +172,10 @@ class RaftProcess:
         self._store_full_at = 0.0
         self._next_transfer = 0.0
         self._transfer_round = 0
+        self._vote_floor = self.core.vote_floor
+        if self._vote_floor != (0, 0):
+            log.warning("vote floor %s: this node neither votes for a log behind it nor stands for "
+                        "election until it has fetched the entries it lost", self._vote_floor)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
             self._open_sockets()
@@ -326,6 +336,10 @@ class RaftProcess:
             if rd.hard_state is not None and rd.hard_state.term != self._term:
                 self._term = rd.hard_state.term
                 log.info("term %d (vote %d)", rd.hard_state.term, rd.hard_state.vote)
+            if rd.hard_state is not None and rd.hard_state.vote_floor() != self._vote_floor:
+                self._vote_floor = rd.hard_state.vote_floor()
+                log.warning("the log reached the vote floor (last index %d): voting and campaigning "
+                            "normally again", core.log.last_index())
             self._send_all(rd.messages_after_persist)
             self._answer_reads(rd.read_states)
             core.advance(rd)
@@ -527,6 +541,7 @@ class RaftProcess:
             "voters": list(core.conf.voters), "learners": list(core.conf.learners),
             "epoch": self.epoch, "seq": self._seq, "pending_reads": len(self._reads),
             "disk_full": self._log_full or self._store_full, "stats": dict(self.stats),
+            "vote_floor": list(core.vote_floor),
         }
         if core.role == Role.LEADER:
             status["progress"] = {
@@ -671,9 +686,19 @@ def run(config: NodeConfig) -> int:
     """Run the raft process of `config`'s node until SIGTERM/SIGINT; returns the exit code
     (0 after a clean stop, non-zero after a fatal error so that the supervisor restarts it)."""
     _setup_logging(config.id)
+    try:
+        finish_interrupted(config.log_dir)
+    except (OSError, SalvageRefused) as exc:
+        log.critical("fatal: cannot start: %s: %s", type(exc).__name__, exc)
+        return EXIT_FATAL
     store = FileLogStore(config.log_dir, segment_size=config.raft.segment_bytes)
     try:
-        proc = RaftProcess(config, store)
+        try:
+            proc = RaftProcess(config, store)
+        except LogCorruptError as exc:
+            _close_quietly(store)
+            store = _salvage_or_raise(config, exc)
+            proc = RaftProcess(config, store)
     except zmq.ZMQError as exc:
         log.critical("fatal: cannot bind a socket: %s", exc)
         _close_quietly(store)
@@ -700,6 +725,28 @@ def run(config: NodeConfig) -> int:
             log.error("error while closing: %s: %s", type(exc).__name__, exc)
             code = code or EXIT_FATAL
     return code
+
+
+def _salvage_or_raise(config: NodeConfig, damage: LogCorruptError) -> FileLogStore:
+    """The log has damage in synced data: salvage it when that is safe (see salvage.py), and
+    return a store on the new log; otherwise re-raise `damage` (the process then exits
+    non-zero, as it always did)."""
+    log.critical("the raft log has damage in synced data: %s", damage)
+    try:
+        salvaged = salvage(config.log_dir, damage)
+        voters = RaftLog(salvaged.snapshot, salvaged.entries, 0, 0).latest_conf().voters
+        if voters == (config.id,):
+            raise SalvageRefused("this node is the cluster's only voter: no peer holds what was lost")
+        aside = quarantine(config.log_dir, salvaged, segment_size=config.raft.segment_bytes)
+    except (SalvageRefused, OSError) as exc:
+        log.critical("cannot recover from the damage automatically (%s): refusing to start; an operator "
+                     "must replace this node's data (move %s aside and let it rejoin as a new, empty "
+                     "member, or restore it)", exc, config.log_dir)
+        raise damage from None
+    log.critical("salvaged the damaged raft log: %s; the damaged log is kept at %s (never deleted "
+                 "automatically); starting from the salvaged log, the rest comes from the leader",
+                 salvaged.describe(), aside)
+    return FileLogStore(config.log_dir, segment_size=config.raft.segment_bytes)
 
 
 def profiled(serve: Callable[[], None], node_id: int, name: str) -> None:

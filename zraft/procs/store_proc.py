@@ -131,6 +131,11 @@ class StoreProcess:
         self._lingering = False  # the fetch in flight lets the raft process gather commits
         self._awaited = False  # the last applied batch answered a waiting request
         self._last_fetch = 0.0
+        # The raft process's last reply had nothing above our applied index: its commit is
+        # behind ours (it salvaged a damaged log and fetches the lost entries from its leader,
+        # or it lost an unsynced commit). Fetching again at once would only spin; a notice of
+        # a commit above the applied index, or the periodic fetch, resumes.
+        self._raft_behind = False
         self._last_notice_sent = 0.0
         self._next_expiry_scan = 0.0
         self._raft_notice: tuple[int, int] = (0, 0)  # (epoch, seq) of the last commit notice
@@ -237,6 +242,8 @@ class StoreProcess:
         if epoch and msg.epoch != epoch and self._fetch_id:
             self._fetch_deadline = 0.0  # the raft process restarted: a fetch it held is lost
         self._raft_notice = (msg.epoch, msg.seq)
+        if msg.commit > self.applied:
+            self._raft_behind = False
         self._heard_commit(msg.commit, self._sub_empty_at)  # sent after the SUB was last empty
 
     def _heard_commit(self, commit: int, at_most_then: float) -> None:
@@ -281,7 +288,8 @@ class StoreProcess:
             self._open_raft()
             poller.register(self.raft, zmq.POLLIN)
             self._fetch_id = 0
-        if self._long_poll or self.known_commit > self.applied or now - self._last_fetch >= FETCH_POLL_S:
+        behind = self.known_commit > self.applied and not self._raft_behind
+        if self._long_poll or behind or now - self._last_fetch >= FETCH_POLL_S:
             self._send_fetch(now)
 
     def _send_fetch(self, now: float) -> None:
@@ -319,12 +327,13 @@ class StoreProcess:
         self._heard_commit(msg.commit, self._last_fetch)  # answered after the fetch was sent
         entries = [e for e in msg.entries if e.index > self.applied]
         self._long_poll = bool(entries)
+        self._raft_behind = not entries and msg.commit <= self.applied
         batch_size = self.config.store.apply_batch_entries
         for start in range(0, len(entries), batch_size):
             if not self._apply(entries[start:start + batch_size]):
                 self._long_poll = False
                 return
-        if self.known_commit > self.applied or self._long_poll:
+        if (self.known_commit > self.applied and not self._raft_behind) or self._long_poll:
             self._send_fetch(time.monotonic())
 
     def _apply(self, entries: list[Any]) -> bool:

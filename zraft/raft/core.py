@@ -18,7 +18,9 @@ Rules this module keeps (section numbers are the Raft paper's, "D" the dissertat
 - D§6.4: read-index: reads batch into one heartbeat round confirming leadership;
 - D§3.10: leadership transfer by TimeoutNow;
 - D§4.1: one membership change at a time, taking effect when appended;
-- §7: compaction and snapshot installation.
+- §7: compaction and snapshot installation;
+- vote floor (zraft's own, see DESIGN.md): a node whose log was cut short after damage votes
+  and campaigns as if its log still reached the floor, until it really does again.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class RaftCore:
         self.lead_transferee = NONE
         self.pending_conf_index = 0
         self.campaign_deferred = False
+        self.vote_floor: tuple[int, int] = hs.vote_floor()
         self._msgs: list[Message] = []
         self._msgs_after: list[Message] = []
         self._read_states: list[ReadState] = []
@@ -97,11 +100,12 @@ class RaftCore:
         self._reads_before_commit: list[tuple[int, int]] = []
         self._read_rounds: dict[int, _ReadRound] = {}
         self._read_seq = 0
-        self._prev_hard = HardState(hs.term, hs.vote, self.log.committed)
+        self._prev_hard = HardState(hs.term, hs.vote, self.log.committed, *self.vote_floor)
         self._prev_soft = SoftState(NONE, Role.FOLLOWER)
         self._ready_in_flight = False
         self._append_pending = False
         self._reset_randomized_timeout()
+        self._maybe_clear_vote_floor()
 
     # == public inputs =======================================================================
     def tick(self) -> None:
@@ -262,8 +266,11 @@ class RaftCore:
         return self.log.match_term(index, log_term)
 
     def _candidate_log_ok(self, last_index: int, last_term: int) -> bool:
-        """§5.4.1: vote only for a candidate whose log is at least as up-to-date as ours."""
-        return self.log.is_up_to_date(last_index, last_term)
+        """§5.4.1: vote only for a candidate whose log is at least as up-to-date as ours, and
+        (vote floor, rule a) at least as up-to-date as the log this node had before it lost
+        part of it: entries it acknowledged may be among those lost, and a majority that
+        committed them may have counted it."""
+        return self.log.is_up_to_date(last_index, last_term) and (last_term, last_index) >= self.vote_floor
 
     def _can_commit_by_counting(self, index: int) -> bool:
         """§5.4.2: only entries of the leader's current term are committed by counting."""
@@ -367,7 +374,24 @@ class RaftCore:
         self.randomized_timeout = tick + self._rand.randrange(tick)
 
     def _promotable(self) -> bool:
-        return self.id in self.conf.voters and self.log.pending_snapshot is None
+        """Whether this node may stand for election. Not while below its vote floor (rule b):
+        its vote for itself would break rule a, and it may lack committed entries."""
+        return (self.id in self.conf.voters and self.log.pending_snapshot is None
+                and not self.below_vote_floor())
+
+    # == vote floor ==========================================================================
+    def below_vote_floor(self) -> bool:
+        """True while this node's own last log id is behind its vote floor."""
+        return (self.log.last_term(), self.log.last_index()) < self.vote_floor
+
+    def _maybe_clear_vote_floor(self) -> None:
+        """Rule c: once the log reaches the floor, the floor says nothing the log does not, so
+        it is cleared (and persisted with the next hard state). Called wherever the log grows
+        or is replaced. A log that reaches the floor holds every entry the lost part held
+        that can have been committed (the same reasoning as §5.4.1's up-to-date check), and
+        later truncations only ever remove uncommitted entries."""
+        if self.vote_floor != (0, 0) and not self.below_vote_floor():
+            self.vote_floor = (0, 0)
 
     # == elections ===========================================================================
     def _tick_election(self) -> None:
@@ -453,6 +477,7 @@ class RaftCore:
                 self._drop_acks_beyond(conflict - 1)
             self.log.append(msg.entries[conflict - msg.index - 1:])
             self._conf_maybe_changed()
+            self._maybe_clear_vote_floor()
         self.log.commit_to(min(msg.commit, last_new))
         self._send(Message(MsgType.APP_RESP, to=msg.frm, frm=self.id, term=self.term,
                            index=last_new))
@@ -467,8 +492,12 @@ class RaftCore:
     def _handle_heartbeat(self, msg: Message) -> None:
         self._heard_from_leader(msg)
         self.log.commit_to(min(msg.commit, self.log.last_index()))
+        # Below the vote floor, the leader may believe this node holds entries it lost; say
+        # where the log really ends (see _handle_heartbeat_resp).
+        lost = self.below_vote_floor()
         self._send(Message(MsgType.HEARTBEAT_RESP, to=msg.frm, frm=self.id, term=self.term,
-                           context=msg.context))
+                           context=msg.context, reject=lost,
+                           reject_hint=self.log.last_index() if lost else 0))
 
     def _handle_snapshot(self, msg: Message) -> None:
         self._heard_from_leader(msg)
@@ -488,6 +517,7 @@ class RaftCore:
         self._drop_acks_beyond(snapshot.index)
         self.log.restore(snapshot)
         self._conf_maybe_changed()
+        self._maybe_clear_vote_floor()
         return True
 
     def _handle_timeout_now(self, msg: Message) -> None:
@@ -618,6 +648,13 @@ class RaftCore:
         if progress is None:
             return
         progress.recent_active = True
+        if msg.reject and msg.reject_hint < progress.match:
+            # The follower lost entries it acknowledged (its log was cut short after damage):
+            # `match` overstates it, and rejections at or below `match` would be ignored as
+            # stale forever. Forget it and probe again. Lowering `match` is always safe: the
+            # commit index never goes back, and the follower's vote floor keeps its old
+            # acknowledgements honest (see DESIGN.md).
+            progress.forget_match(msg.reject_hint + 1)
         progress.probe_sent = False
         if progress.state == ProgressState.REPLICATE and progress.is_paused():
             progress.free_one_slot()
@@ -732,7 +769,7 @@ class RaftCore:
         return tuple(self._msgs), tuple(self._msgs_after)
 
     def _hard_state(self) -> HardState:
-        return HardState(self.term, self.vote, self.log.committed)
+        return HardState(self.term, self.vote, self.log.committed, *self.vote_floor)
 
     def _soft_state(self) -> SoftState:
         return SoftState(self.leader, self.role)

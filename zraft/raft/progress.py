@@ -53,6 +53,16 @@ class Progress:
         self.snapshot_wait = 0
         self.inflight.clear()
 
+    def forget_match(self, next_index: int) -> None:
+        """The follower no longer holds what it acknowledged: know nothing, probe from
+        `next_index` (its last index + 1)."""
+        self.match = 0
+        self.next = max(next_index, 1)
+        self.state = ProgressState.PROBE
+        self.probe_sent = False
+        self.inflight.clear()
+        self.pending_snapshot = 0
+
     def is_paused(self) -> bool:
         if self.state == ProgressState.PROBE:
             return self.probe_sent

@@ -126,11 +126,23 @@ class SnapshotMeta:
 
 @dataclass(slots=True, frozen=True)
 class HardState:
-    """What must be durable before any message that depends on it leaves the node."""
+    """What must be durable before any message that depends on it leaves the node.
+
+    floor_term/floor_index: the *vote floor*, a log id (term, index) that stands in for log
+    entries this node may have acknowledged and then lost (its log was cut short after damage
+    to synced data, see raft/DESIGN.md). While the node's own last log id is below it, the node
+    votes as if its log still ended there and does not campaign. (0, 0), the default, is no
+    floor: every log id is at least that."""
 
     term: int = 0
     vote: int = NONE
     commit: int = 0
+    floor_term: int = 0
+    floor_index: int = 0
+
+    def vote_floor(self) -> tuple[int, int]:
+        """The floor as a comparable (term, index) log id."""
+        return (self.floor_term, self.floor_index)
 
 
 @dataclass(slots=True)
@@ -141,6 +153,9 @@ class Message:
     entry; for APP_RESP, the last index accepted (or rejected). reject_hint/log_term on a
     rejected APP_RESP point the leader at the follower's likely conflict (fast back-off).
     context: read-index round on heartbeats, request id on READ_INDEX, CAMPAIGN_TRANSFER on votes.
+    A HEARTBEAT_RESP with reject=True comes from a node below its vote floor: its log ends at
+    reject_hint and may lack entries it acknowledged before, so the leader must forget what it
+    believed this node matched (see RaftCore._handle_heartbeat_resp).
     """
 
     type: MsgType

@@ -9,6 +9,11 @@ Each simulated node follows the shell contract of zraft.raft.types.Ready in two 
 events, so that a crash can fall between them: `process` takes a Ready and sends the messages
 that may leave before the write; `persist` later makes the write durable, sends the rest,
 applies, and advances. A crash discards everything not yet persisted.
+
+One fault goes beyond a crash: *damage* (a flipped bit in a node's synced log, detected at
+restart). The node restarts with its log cut at a random point and, as the raft process's
+salvage does, a vote floor at the last log id it had. `vote_floor=False` restarts it without
+the floor: the planted-bug control showing that the floor is what keeps this safe.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from zraft.raft import (
     ConfChangeKind,
     ConfState,
     Entry,
+    EntryKind,
     HardState,
     InitialState,
     LogInvariantError,
@@ -43,7 +49,7 @@ ELECTION_TICK = 10
 _MASK = (1 << 64) - 1
 
 # event kinds
-_TICK, _DELIVER, _PROCESS, _PERSIST, _RESTART, _NEMESIS, _CLIENT = range(7)
+_TICK, _DELIVER, _PROCESS, _PERSIST, _RESTART, _NEMESIS, _CLIENT, _DAMAGE = range(8)
 
 CoreFactory = Callable[[RaftConfig, random.Random, InitialState], RaftCore]
 
@@ -82,8 +88,17 @@ class SimNode:
 
 class Simulation:
     def __init__(self, seed: int, nodes: int = 3, core_factory: CoreFactory = RaftCore,
-                 profile: FaultProfile | None = None) -> None:
+                 profile: FaultProfile | None = None, vote_floor: bool = True, damage: bool = True) -> None:
         self.seed = seed
+        self.vote_floor = vote_floor
+        self.damaged: dict[int, tuple[int, int]] = {}  # node -> last log id it had when damaged
+        self.damage_count = 0
+        # Damage draws from a stream of its own, on a schedule of its own, and strikes in half
+        # of the seeds: the other half, and every seed until its first damage, run exactly as
+        # before the fault existed. `damage=False` turns it off altogether, for the planted-bug
+        # tests of other rules, whose seed budgets were calibrated without it.
+        self._damage_rng = random.Random(seed * 1_000_003 + 17)
+        self.damage_on = damage and self._damage_rng.random() < 0.5
         self.rng = random.Random(seed)
         self.core_factory = core_factory
         self.checker = Checker()
@@ -111,6 +126,8 @@ class Simulation:
             self._schedule(self.rng.randrange(1, TICK), _TICK, (node_id, node.incarnation))
         self._schedule(1, _NEMESIS, None)
         self._schedule(1, _CLIENT, None)
+        if self.damage_on:
+            self._schedule(self._damage_rng.randrange(50, 1000), _DAMAGE, None)
 
     # == scheduling ==========================================================================
     def _schedule(self, delay: int, kind: int, payload: object) -> None:
@@ -378,6 +395,72 @@ class Simulation:
             self.crash(self.nodes[node_id])
             self._schedule(rng.randrange(1, 3 * ELECTION_TICK * TICK), _RESTART, node_id)
 
+    def _on_damage(self, payload: object) -> None:
+        if not self.faults_on:
+            return
+        self._nemesis_damage()
+        self._schedule(self._damage_rng.randrange(100, 800), _DAMAGE, None)
+
+    def _nemesis_damage(self) -> None:
+        """A node's synced log is damaged: crash it and restart it with its log cut at a random
+        index p (the salvaged prefix), term and vote kept, commit at most p, applied state
+        rolled back to p (a conservative model: re-applying must give the same entries), and
+        a vote floor at the last log id it had.
+
+        Only where the other nodes can elect a leader without this one, because refusing to
+        elect anyone is then the correct outcome, which the liveness check would report as a
+        failure: at most one node recovers from damage at a time (two damaged nodes of three
+        may have lost a committed entry between them), and only in configurations of three
+        voters or more, which do not shrink while it recovers (in a two-voter configuration a
+        damaged leader's newest entries may exist nowhere else, and its floor then blocks every
+        election until an operator steps in: see raft/DESIGN.md)."""
+        rng = self._damage_rng
+        node = self.nodes[rng.choice(self.all_ids)]
+        if self._min_voters() < 3 or any(self._recovering(other) for other in self.nodes.values()
+                                         if other is not node):
+            return
+        self.crash(node)
+        durable = node.durable
+        last_id = (durable.entries[-1].term if durable.entries else node.snapshot.term, durable.last_index())
+        lo = durable.snapshot_index
+        if rng.random() < 0.5:
+            cut = lo + rng.randrange(durable.last_index() - lo + 1)
+        else:  # the newest entries: where acknowledged, barely committed entries live
+            cut = max(lo, durable.last_index() - rng.randrange(4))
+        durable.entries = durable.entries[:cut - lo]
+        hs = durable.hard_state
+        floor = max(hs.vote_floor(), last_id) if self.vote_floor else hs.vote_floor()
+        durable.hard_state = HardState(hs.term, hs.vote, min(hs.commit, cut), *floor)
+        node.applied = min(node.applied, cut)
+        self.damaged[node.node_id] = max(self.damaged.get(node.node_id, (0, 0)), last_id)
+        self.damage_count += 1
+        self._mix(2000 + node.node_id, cut)
+        self._schedule(rng.randrange(1, 3 * ELECTION_TICK * TICK), _RESTART, node.node_id)
+
+    def _min_voters(self) -> int:
+        """The fewest voters of any configuration a node holds, in memory or on disk."""
+        counts = []
+        for node in self.nodes.values():
+            if node.core is not None and node.core.conf.voters:
+                counts.append(len(node.core.conf.voters))
+            confs = [e for e in node.durable.entries if e.kind == EntryKind.CONF]
+            conf = ConfState.decode(confs[-1].data) if confs else node.snapshot.conf
+            if conf.voters:
+                counts.append(len(conf.voters))
+        return min(counts, default=0)
+
+    def _recovering(self, node: SimNode) -> bool:
+        """Whether `node` was damaged and its durable log has not yet caught up to what it had."""
+        lost = self.damaged.get(node.node_id)
+        if lost is None:
+            return False
+        durable = node.durable
+        last_id = (durable.entries[-1].term if durable.entries else node.snapshot.term, durable.last_index())
+        if last_id >= lost:
+            del self.damaged[node.node_id]
+            return False
+        return True
+
     def _nemesis_partition(self) -> None:
         rng = self.rng
         ids = list(self.all_ids)
@@ -412,7 +495,8 @@ class Simulation:
             choices.append(ConfChange(ConfChangeKind.ADD_LEARNER, rng.choice(outsiders)))
         if conf.learners:
             choices.append(ConfChange(ConfChangeKind.ADD_VOTER, rng.choice(conf.learners)))
-        if len(conf.voters) > len(self.voters) - 1:
+        recovering = any(self._recovering(n) for n in self.nodes.values())
+        if len(conf.voters) > len(self.voters) - 1 and not (recovering and len(conf.voters) <= 3):
             choices.append(ConfChange(ConfChangeKind.REMOVE, rng.choice(conf.voters)))
         if conf.learners:
             choices.append(ConfChange(ConfChangeKind.REMOVE, rng.choice(conf.learners)))
@@ -493,4 +577,5 @@ Simulation._handlers = {
     _RESTART: Simulation._on_restart,
     _NEMESIS: Simulation._on_nemesis,
     _CLIENT: Simulation._on_client,
+    _DAMAGE: Simulation._on_damage,
 }
