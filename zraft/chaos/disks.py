@@ -36,6 +36,7 @@ class BitFlip:
     path: Path
     offset: int
     mask: int
+    inode: int
 
     def describe(self) -> str:
         return f"{self.path.parent.name}/{self.path.name} byte {self.offset} mask {self.mask:#04x}"
@@ -70,14 +71,20 @@ def flip_synced_entry_bit(log_dir: Path, rng: random.Random) -> BitFlip | None:
         return None
     path, offset, size = rng.choice(candidates)
     header = FRAME_HEADER.size
-    flip = BitFlip(path, offset + header + rng.randrange(size - header), 1 << rng.randrange(8))
+    flip = BitFlip(path, offset + header + rng.randrange(size - header), 1 << rng.randrange(8),
+                   path.stat().st_ino)
     _toggle(flip.path, flip.offset, flip.mask)
     return flip
 
 
 def undo_flip(flip: BitFlip) -> bool:
-    """The operator's repair: flip the bit back, if the file is still where it was."""
-    if not flip.path.exists():
+    """The operator's repair: flip the bit back, if the damaged file is still in place. A
+    node that salvaged its log has moved the damaged folder aside and written a new file
+    under the same name, which must not be touched."""
+    try:
+        if flip.path.stat().st_ino != flip.inode:
+            return False
+    except FileNotFoundError:
         return False
     _toggle(flip.path, flip.offset, flip.mask)
     return True

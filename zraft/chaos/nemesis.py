@@ -14,7 +14,7 @@ every fault it injected can show it:
   dropped (zraft.chaos.disks), and supervisord ran every process anew under a new PID;
 - slow disk: fsyncs on the node's data folder were actually stalled (lazyfs counts them);
 - bit flip: the node's raft process, restarted on a log with one flipped bit in synced
-  data, said so in its log (checksums caught it);
+  data, said so in its log (checksums caught it) and salvaged it (or refused to start);
 - disk full: the node's disk had no free space left while the fault lasted (whether the
   node noticed depends on whether it needed new space: the log segment is preallocated and
   SQLite reuses its WAL; the evidence says whether it did).
@@ -369,7 +369,9 @@ class Nemesis:
 
     def _bitflip(self, injection: Injection) -> str:
         """Damage synced data in one node's Raft log while its raft process is stopped, then
-        kill it: the restart must notice (the checksums) and not serve from it."""
+        kill it: the restart must notice (the checksums), never serve from it, move the
+        damaged log aside and recover from its peers (or, where it cannot, refuse to start:
+        then the nemesis undoes the flip on heal, as an operator would)."""
         pids = self.target.pids()
         node = self.rng.choice(sorted({n for n, _ in pids}) or [1])
         self._flip_node = node
@@ -394,8 +396,10 @@ class Nemesis:
             lines = []
         restored = undo_flip(self._flip) if self._flip else False
         injection.fired = self._flip is not None and bool(lines)
-        seen = f"node said: {lines[0][-160:]}" if lines else "the node never reported the damage"
-        injection.evidence = seen + ("; bit restored by the nemesis (an operator's repair)" if restored else "")
+        said = lines[0].split(": ", 1)[-1] if lines else ""
+        seen = f"node said: {said[:300]}" if lines else "the node never reported the damage"
+        injection.evidence = seen + ("; the nemesis restored the bit (the node had not salvaged its log)"
+                                     if restored else "")
 
     def _slow_disk(self) -> str:
         self._slow_node = self.rng.randrange(1, len(self.target.hosts) + 1)
