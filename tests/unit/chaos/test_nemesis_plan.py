@@ -88,3 +88,66 @@ def test_no_problem_when_every_process_kept_its_pid():
     injection = nemesis.heal()
     assert injection.detail == "leader 127.0.0.2 isolated"
     assert injection.fired and injection.problem == ""
+
+
+class ClockTarget(FakeTarget):
+    """A node whose wall clock runs at `rate` from the moment a spec is set, with one jump
+    (a restarted process) after `jump_after` readings."""
+
+    def __init__(self, rate: float, jump_after: int = 3) -> None:
+        super().__init__()
+        self.rate, self.jump_after, self.reads = rate, jump_after, 0
+        self.since: float | None = None
+
+    def set_clock(self, node, spec):
+        import time
+
+        self.since = time.time() if spec != "+0" else None
+
+    def node_time(self, node):
+        import time
+
+        now = time.time()
+        self.reads += 1
+        if self.since is None:
+            return now
+        jump = 40.0 if self.reads > self.jump_after else 0.0
+        return self.since - 10.0 + (now - self.since) * self.rate + jump
+
+
+class RateRandom:
+    """Steers the nemesis to a clock-rate fault of x0.5 on node 1."""
+
+    def random(self):
+        return 0.9
+
+    def randrange(self, *_):
+        return 1
+
+    def choice(self, options):
+        return options[0]
+
+
+def _clock_run(target) -> "object":
+    import time
+
+    from zraft.chaos.nemesis import Nemesis
+
+    nemesis = Nemesis(target, FakeFirewall(), RateRandom())  # type: ignore[arg-type]
+    nemesis.start("clock")
+    for _ in range(11):
+        nemesis.observe()
+        time.sleep(0.3)
+    return nemesis.heal()
+
+
+def test_clock_rate_is_proven_by_a_clean_window_despite_a_jump():
+    injection = _clock_run(ClockTarget(rate=0.5))
+    assert injection.fired, injection.evidence
+    assert "ran x0.5" in injection.evidence
+
+
+def test_clock_rate_not_seen_is_not_proof():
+    injection = _clock_run(ClockTarget(rate=1.0))
+    assert not injection.fired
+    assert "no window" in injection.evidence
