@@ -235,18 +235,19 @@ def _supervisord_pid(directory: Path) -> int | None:
     return pid if _alive(pid) else None
 
 
-def _alive(pid: int) -> bool:
+def process_state(pid: int) -> str:
+    """The process's state letter from /proc (R, S, T for stopped, Z for zombie...), or
+    "gone" when there is no such process."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return False
+            return stat.read().rsplit(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return "gone"
+
+
+def _alive(pid: int) -> bool:
+    """Running or stopped; a zombie is dead for our purposes."""
+    return process_state(pid) not in ("gone", "Z")
 
 
 _STATUS_LINE = re.compile(r"^(\S+)\s+RUNNING\s+pid (\d+)")

@@ -94,10 +94,14 @@ class DiskError(RuntimeError):
     """A chaos filesystem could not be set up (not root, no FUSE, mount failed)."""
 
 
-def _mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
+def mount_points() -> list[str]:
+    """Every mount point of this machine, from /proc/self/mounts."""
     with open("/proc/self/mounts") as mounts:
-        return any(line.split()[1] == target for line in mounts)
+        return [line.split()[1] for line in mounts if line.strip()]
+
+
+def _mounted(path: Path) -> bool:
+    return os.path.realpath(path) in mount_points()
 
 
 class NodeDisks:

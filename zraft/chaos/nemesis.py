@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from zraft.chaos.disks import BitFlip, flip_synced_entry_bit, undo_flip
+from zraft.cluster import process_state
 
 NETWORK_FAULTS = ("partition-halves", "partition-leader", "partition-bridge", "partition-asym", "loss")
 PROCESS_FAULTS = ("kill", "kill-node", "pause")
@@ -176,14 +177,6 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def _process_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(") ", 1)[1][:1]
-    except (OSError, IndexError):
-        return "gone"
-
-
 class Nemesis:
     """Injects one fault at a time into `target`, seeded, and heals it."""
 
@@ -280,8 +273,10 @@ class Nemesis:
             except ProcessLookupError:
                 pass
         injection.pids = victims
-        time.sleep(0.05)
-        stopped = [name for name, pid in victims.items() if _process_state(pid) == "T"]
+        deadline = time.monotonic() + 2.0  # the signal is delivered asynchronously
+        while time.monotonic() < deadline and any(process_state(p) not in ("T", "gone") for p in victims.values()):
+            time.sleep(0.01)
+        stopped = [name for name, pid in victims.items() if process_state(pid) == "T"]
         injection.fired = bool(victims) and len(stopped) == len(victims)
         injection.evidence = f"state T seen for {stopped}" if stopped else "no process seen stopped"
         return f"SIGSTOP {', '.join(f'{name} ({pid})' for name, pid in victims.items())}"
@@ -526,7 +521,7 @@ class Nemesis:
             if len(restarted) == len(names) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        gone = all(_process_state(pid) in ("gone", "Z") for pid in names.values())
+        gone = all(process_state(pid) in ("gone", "Z") for pid in names.values())
         injection.fired = bool(names) and gone and len(restarted) == len(names)
         injection.evidence = (f"old PIDs gone: {gone}; restarted under new PIDs: {restarted}"
                               if names else "nothing was killed")

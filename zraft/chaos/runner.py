@@ -39,8 +39,8 @@ from typing import Any
 
 from zraft import cluster
 from zraft.chaos.checker import Report, check_history
-from zraft.chaos.disks import DATA_SUBDIR, NodeDisks
-from zraft.chaos.history import HistoryError, HistoryWriter, Outcome
+from zraft.chaos.disks import DATA_SUBDIR, NodeDisks, mount_points
+from zraft.chaos.history import HistoryError, HistoryWriter, Outcome, load_history
 from zraft.chaos.nemesis import (
     ALL_FAULTS,
     Firewall,
@@ -352,8 +352,7 @@ def _fresh(cluster_dir: Path) -> None:
     if not cluster_dir.exists():
         return
     prefix = str(cluster_dir.resolve()) + "/"
-    with open("/proc/self/mounts") as mounts:
-        live = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    live = [point for point in mount_points() if point.startswith(prefix)]
     if live:
         raise RuntimeError(f"{cluster_dir} still has mounts ({', '.join(live)}); unmount them first")
     shutil.rmtree(cluster_dir)
@@ -400,14 +399,14 @@ def _drive(options: ChaosOptions, result: RunResult, workers: Workers, nemesis: 
 def _check(result: RunResult, history_path: Path, workload: Workload) -> None:
     total = getattr(workload, "total", None)
     try:
-        report: Report = check_history(history_path, workload.name,  # type: ignore[arg-type]
+        ops = load_history(history_path)
+        report: Report = check_history(ops, workload.name,  # type: ignore[arg-type]
                                        bank_total=total)
     except HistoryError as exc:
         result.invalid.append(f"the history could not be read: {exc}")
         return
     result.ops = report.ops
-    result.outcomes = dict(Counter(json.loads(line)["type"] for line in history_path.open()
-                                   if line.strip() and '"invoke"' not in line))
+    result.outcomes = dict(Counter(op.outcome for op in ops))
     result.violations = report.violations + report.unknown + len(result.problems)
     result.lost = report.lost
     result.report = report.summary()

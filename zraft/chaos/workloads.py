@@ -132,8 +132,11 @@ def _results(answer: dict[str, Any], expected: int) -> list[dict[str, Any]]:
     return results
 
 
-def _statement_error(results: list[dict[str, Any]]) -> str | None:
-    return next((str(r["error"]) for r in results if isinstance(r, dict) and r.get("error")), None)
+def _refuse_on_statement_error(results: list[dict[str, Any]]) -> None:
+    """A SQL error inside a 200: the statement ran and changed nothing."""
+    error = next((r["error"] for r in results if isinstance(r, dict) and r.get("error")), None)
+    if error:
+        raise Refused(str(error))
 
 
 class Workload:
@@ -197,8 +200,7 @@ class RegisterWorkload(Workload):
     def perform(self, client: NodeClient, op: OpPlan) -> JSON:
         if op.f == "read":
             results = client.query([["SELECT v FROM registers WHERE k = ?", op.key]], op.level)
-            if _statement_error(results):
-                raise Refused(_statement_error(results))
+            _refuse_on_statement_error(results)
             rows = results[0].get("values") or []
             value = rows[0][0] if rows else None
             self._remember(str(op.key), value)
@@ -206,15 +208,13 @@ class RegisterWorkload(Workload):
         if op.f == "write":
             results = client.execute([["INSERT INTO registers (k, v) VALUES (?, ?) "
                                        "ON CONFLICT (k) DO UPDATE SET v = excluded.v", op.key, op.value]])
-            if _statement_error(results):
-                raise Refused(_statement_error(results))
+            _refuse_on_statement_error(results)
             self._remember(str(op.key), op.value)
             return op.value
         assert isinstance(op.value, list)
         expected, new = op.value
         results = client.execute([["UPDATE registers SET v = ? WHERE k = ? AND v = ?", new, op.key, expected]])
-        if _statement_error(results):
-            raise Refused(_statement_error(results))
+        _refuse_on_statement_error(results)
         if results[0].get("rows_affected", 0) != 1:
             raise Refused("cas matched no row")
         self._remember(str(op.key), new)
@@ -240,12 +240,10 @@ class SetWorkload(Workload):
     def perform(self, client: NodeClient, op: OpPlan) -> JSON:
         if op.f == "read":
             results = client.query(["SELECT v FROM elements ORDER BY v"], "none")
-            if _statement_error(results):
-                raise Refused(_statement_error(results))
+            _refuse_on_statement_error(results)
             return [row[0] for row in results[0].get("values") or []]
         results = client.execute([["INSERT INTO elements (v) VALUES (?)", op.value]])
-        if _statement_error(results):
-            raise Refused(_statement_error(results))
+        _refuse_on_statement_error(results)
         return op.value
 
     def final_read(self, client: NodeClient) -> OpPlan | None:
@@ -281,8 +279,7 @@ class BankWorkload(Workload):
     def perform(self, client: NodeClient, op: OpPlan) -> JSON:
         if op.f == "read":
             results = client.query(["SELECT id, balance FROM accounts ORDER BY id"], op.level)
-            if _statement_error(results):
-                raise Refused(_statement_error(results))
+            _refuse_on_statement_error(results)
             return {str(row[0]): row[1] for row in results[0].get("values") or []}
         assert isinstance(op.value, dict)
         amount, source, target = op.value["amount"], op.value["from"], op.value["to"]
@@ -290,8 +287,7 @@ class BankWorkload(Workload):
             ["UPDATE accounts SET balance = balance - ? WHERE id = ?", amount, source],
             ["UPDATE accounts SET balance = balance + ? WHERE id = ?", amount, target],
         ], transaction=True)
-        if _statement_error(results):
-            raise Refused(_statement_error(results))
+        _refuse_on_statement_error(results)
         return op.value
 
     def final_read(self, client: NodeClient) -> OpPlan | None:
