@@ -42,7 +42,7 @@ def test_smoke_campaign(nodes: int) -> None:
 
 def test_runs_exercise_the_faults() -> None:
     """Guard against a simulator that silently stops injecting faults or making progress."""
-    elections = commits = crashes = snapshots = conf_changes = reads = 0
+    elections = commits = crashes = snapshots = conf_changes = reads = hand_offs = 0
     for seed in range(30):
         sim = Simulation(seed, 3)
         sim.run(5000)
@@ -52,8 +52,9 @@ def test_runs_exercise_the_faults() -> None:
         snapshots += sum(1 for n in sim.nodes.values() if n.snapshot.index > 0)
         conf_changes += sum(1 for n in sim.nodes.values() if n.core and n.core.conf.learners)
         reads += sim.reads_completed
+        hand_offs += sim.hand_offs
     assert elections > 60 and commits > 300 and crashes > 30
-    assert snapshots > 5 and conf_changes > 3 and reads > 50
+    assert snapshots > 5 and conf_changes > 3 and reads > 50 and hand_offs > 5
 
 
 def test_cli_replays_a_seed_and_prints_the_summary_line() -> None:

@@ -1,7 +1,8 @@
 """RaftCore: the whole Raft algorithm as a pure, deterministic state machine.
 
 Inputs are method calls: `step(message)`, `tick()`, `propose(data)`, `propose_conf_change`,
-`read_index(request_id)`, `transfer_leader(node)`, `compact(index)`, `report_snapshot`.
+`read_index(request_id)`, `transfer_leader(node)`, `hand_off_leadership()`, `compact(index)`,
+`report_snapshot`.
 Outputs are collected in a `Ready` (see zraft.raft.types.Ready for the shell's duties), and
 `advance(ready)` tells the core that the shell did them. Nothing here touches sockets, disk,
 clocks, threads or global randomness; the same inputs always give the same outputs.
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 
 from zraft.raft.log import LogInvariantError, RaftLog
 from zraft.raft.progress import Progress
+from zraft.raft.quorum import committed_index, has_quorum
 from zraft.raft.types import (
     CAMPAIGN_TRANSFER,
     NONE,
@@ -92,6 +94,7 @@ class RaftCore:
         self.lead_transferee = NONE
         self.pending_conf_index = 0
         self.campaign_deferred = False
+        self.hand_off_round = 0  # how many hand-offs chose a target: rotates among candidates
         self.vote_floor: tuple[int, int] = hs.vote_floor()
         self._msgs: list[Message] = []
         self._msgs_after: list[Message] = []
@@ -158,6 +161,37 @@ class RaftCore:
             self._send_timeout_now(target)
         else:
             self._send_append(target, send_if_empty=True)
+
+    def transfer_candidates(self) -> list[int]:
+        """The voters leadership could be handed to, best first: recently active voters other
+        than this leader (the D§6.2 marks: set on becoming leader and on every answer, cleared
+        each election timeout when check-quorum is on), the most up-to-date first (highest match, so the fewest entries to send before
+        TimeoutNow, D§3.10), ties by node id. Empty when this node is not the leader."""
+        if self.role != Role.LEADER:
+            return []
+        ranked = sorted((-progress.match, node) for node, progress in self.progress.items()
+                        if node != self.id and node in self.conf.voters and progress.recent_active)
+        return [node for _, node in ranked]
+
+    def hand_off_leadership(self) -> int:
+        """Start handing leadership away (D§3.10) from a leader that should not lead, one that
+        cannot take writes, say; returns the chosen target, or NONE when this node is not the
+        leader, a transfer is already under way, or no voter qualifies.
+
+        The target is the next of `transfer_candidates()` in rotation: each call that picks a
+        target moves the rotation on, so if the best candidate keeps failing to take over (it
+        cannot take writes either, and ignores TimeoutNow), later calls move down the ranking
+        (the ranking is taken afresh each call, so a change in it can repeat a node).
+        The caller paces the calls; a call while a transfer is under way changes nothing."""
+        if self.role != Role.LEADER or self.lead_transferee != NONE:
+            return NONE
+        candidates = self.transfer_candidates()
+        if not candidates:
+            return NONE
+        target = candidates[self.hand_off_round % len(candidates)]
+        self.hand_off_round += 1
+        self.transfer_leader(target)
+        return target
 
     def compact(self, index: int) -> SnapshotMeta:
         """The state machine captured everything up to `index` in a snapshot that the shell
@@ -420,20 +454,21 @@ class RaftCore:
                                    context=context))
 
     def _record_vote(self, node: int, granted: bool) -> bool:
-        """Count a vote; returns True once the election is decided either way."""
+        """Count a vote; returns True once the election is decided either way. §5.2: a
+        candidate wins with votes from a majority of the voters (two majorities of one term
+        would share a voter, who votes once); once a majority refused, it cannot win."""
         if node not in self.conf.voters:
             return False
         self.votes.setdefault(node, granted)
-        granted_count = sum(1 for g in self.votes.values() if g)
-        rejected_count = len(self.votes) - granted_count
-        quorum = len(self.conf.voters) // 2 + 1
-        if granted_count >= quorum:
+        grants = {n for n, g in self.votes.items() if g}
+        refusals = {n for n, g in self.votes.items() if not g}
+        if has_quorum(self.conf.voters, grants):
             if self.role == Role.PRE_CANDIDATE:
                 self._start_campaign(pre_vote=False, transfer=False)
             else:
                 self._become_leader()
             return True
-        if rejected_count >= quorum:
+        if has_quorum(self.conf.voters, refusals):
             self._become_follower(self.term, NONE)
             return True
         return False
@@ -542,15 +577,14 @@ class RaftCore:
             self._broadcast_heartbeat(context=0)
 
     def _quorum_active(self) -> bool:
-        active = 0
-        for node in self.conf.voters:
-            progress = self.progress.get(node)
-            if node == self.id or (progress is not None and progress.recent_active):
-                active += 1
+        """D§6.2 check-quorum: whether a majority of voters (this leader included) was heard
+        from since the last check; the marks are cleared for the next election timeout."""
+        active = {node for node in self.conf.voters
+                  if node == self.id or (node in self.progress and self.progress[node].recent_active)}
         for node, progress in self.progress.items():
             if node != self.id:
                 progress.recent_active = False
-        return active >= len(self.conf.voters) // 2 + 1
+        return has_quorum(self.conf.voters, active)
 
     def _check_can_propose(self) -> None:
         if self.role != Role.LEADER:
@@ -668,11 +702,11 @@ class RaftCore:
             self._ack_read_round(msg.context, msg.frm)
 
     def _maybe_commit(self) -> bool:
-        matches = sorted((self.progress[n].match if n in self.progress else 0)
-                         for n in self.conf.voters)
-        if not matches:
-            return False
-        quorum_match = matches[len(matches) - (len(matches) // 2 + 1)]
+        """§5.3/§5.4: advance the commit index to the largest index a majority of voters
+        hold, if it is of this leader's term (§5.4.2). A voter without progress counts as 0;
+        with no voters the index is 0, which is never above the commit index."""
+        quorum_match = committed_index(
+            self.conf.voters, lambda n: self.progress[n].match if n in self.progress else 0)
         if quorum_match <= self.log.committed or not self._can_commit_by_counting(quorum_match):
             return False
         first_of_term = self.log.term(self.log.committed) != self.term
@@ -723,8 +757,10 @@ class RaftCore:
             self._release_read_rounds(seq)
 
     def _round_has_quorum(self, round_: _ReadRound) -> bool:
-        votes = sum(1 for n in self.conf.voters if n in round_.acks)
-        return votes >= len(self.conf.voters) // 2 + 1
+        """D§6.4: a read round is confirmed once a majority of voters acknowledged the
+        heartbeat that opened it: this node was then still the leader when the round began,
+        so the round's index (its commit index then) covers every write acknowledged before."""
+        return has_quorum(self.conf.voters, round_.acks)
 
     def _release_read_rounds(self, upto: int) -> None:
         for seq in sorted(s for s in self._read_rounds if s <= upto):

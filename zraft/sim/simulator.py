@@ -2,8 +2,9 @@
 
 Everything nondeterministic lives here and is drawn from one `random.Random(seed)`: message
 delays, drops, duplicates, partitions, crashes, clock drift, proposals, reads, membership
-changes, transfers and compactions. Virtual time is an integer; events sit in a heap ordered by
-(time, sequence number), so the same seed replays the same run, event for event.
+changes, transfers (to a random voter, or to the one the core picks) and compactions. Virtual
+time is an integer; events sit in a heap ordered by (time, sequence number), so the same seed
+replays the same run, event for event.
 
 Each simulated node follows the shell contract of zraft.raft.types.Ready in two separate
 events, so that a crash can fall between them: `process` takes a Ready and sends the messages
@@ -116,6 +117,7 @@ class Simulation:
         self._read_seq = 0
         self._reads: dict[int, int] = {}
         self.reads_completed = 0
+        self.hand_offs = 0  # leadership transfers whose target the core chose
         self.committed_markers: set[bytes] = set()
         self.nodes: dict[int, SimNode] = {}
         for node_id in self.all_ids:
@@ -141,10 +143,13 @@ class Simulation:
         self.trace = h
 
     def run(self, steps: int) -> None:
-        """Process `steps` events."""
+        """Process `steps` events, or fewer: a run stops at its first safety violation, since
+        what follows explores a broken state (a planted bug can go on to trip the log's own
+        assertions, which would end the whole campaign instead of reporting the seed)."""
         handlers = self._handlers
+        violations = self.checker.violations
         for _ in range(steps):
-            if not self._queue:
+            if not self._queue or violations:
                 return
             time, _, kind, payload = heapq.heappop(self._queue)
             self.time = time
@@ -413,15 +418,19 @@ class Simulation:
         may have lost a committed entry between them), and only in configurations of three
         voters or more, which do not shrink while it recovers (in a two-voter configuration a
         damaged leader's newest entries may exist nowhere else, and its floor then blocks every
-        election until an operator steps in: see raft/DESIGN.md)."""
+        election until an operator steps in: see raft/DESIGN.md), and only where the most
+        up-to-date of the other logs belongs to a node that may stand for election (a leader
+        that appended its own removal and lost leadership before it committed may not: if
+        the damaged node held the only other copy, nobody can collect the damaged node's vote
+        or that node's, and the cluster waits for an operator, which is again correct)."""
         rng = self._damage_rng
         node = self.nodes[rng.choice(self.all_ids)]
         if self._min_voters() < 3 or any(self._recovering(other) for other in self.nodes.values()
-                                         if other is not node):
+                                         if other is not node) or not self._another_can_lead(node):
             return
         self.crash(node)
         durable = node.durable
-        last_id = (durable.entries[-1].term if durable.entries else node.snapshot.term, durable.last_index())
+        last_id = self._durable_last_id(node)
         lo = durable.snapshot_index
         if rng.random() < 0.5:
             cut = lo + rng.randrange(durable.last_index() - lo + 1)
@@ -437,14 +446,33 @@ class Simulation:
         self._mix(2000 + node.node_id, cut)
         self._schedule(rng.randrange(1, 3 * ELECTION_TICK * TICK), _RESTART, node.node_id)
 
+    def _another_can_lead(self, damaged: SimNode) -> bool:
+        """Whether a node other than `damaged` with the most up-to-date durable log of the
+        others may stand for election: a voter in its own latest configuration, not below a
+        vote floor of its own. Otherwise that log's holder refuses every other candidate and
+        cannot win itself, and only the damaged node could have broken the tie."""
+        others = [n for n in self.nodes.values() if n is not damaged]
+        best = max(self._durable_last_id(n) for n in others)
+        return any(self._durable_last_id(n) == best and n.node_id in self._durable_conf(n).voters
+                   and best >= n.durable.hard_state.vote_floor() for n in others)
+
+    @staticmethod
+    def _durable_last_id(node: SimNode) -> tuple[int, int]:
+        durable = node.durable
+        return (durable.entries[-1].term if durable.entries else node.snapshot.term, durable.last_index())
+
+    @staticmethod
+    def _durable_conf(node: SimNode) -> ConfState:
+        confs = [e for e in node.durable.entries if e.kind == EntryKind.CONF]
+        return ConfState.decode(confs[-1].data) if confs else node.snapshot.conf
+
     def _min_voters(self) -> int:
         """The fewest voters of any configuration a node holds, in memory or on disk."""
         counts = []
         for node in self.nodes.values():
             if node.core is not None and node.core.conf.voters:
                 counts.append(len(node.core.conf.voters))
-            confs = [e for e in node.durable.entries if e.kind == EntryKind.CONF]
-            conf = ConfState.decode(confs[-1].data) if confs else node.snapshot.conf
+            conf = self._durable_conf(node)
             if conf.voters:
                 counts.append(len(conf.voters))
         return min(counts, default=0)
@@ -454,9 +482,7 @@ class Simulation:
         lost = self.damaged.get(node.node_id)
         if lost is None:
             return False
-        durable = node.durable
-        last_id = (durable.entries[-1].term if durable.entries else node.snapshot.term, durable.last_index())
-        if last_id >= lost:
+        if self._durable_last_id(node) >= lost:
             del self.damaged[node.node_id]
             return False
         return True
@@ -496,7 +522,7 @@ class Simulation:
         if conf.learners:
             choices.append(ConfChange(ConfChangeKind.ADD_VOTER, rng.choice(conf.learners)))
         recovering = any(self._recovering(n) for n in self.nodes.values())
-        if len(conf.voters) > len(self.voters) - 1 and not (recovering and len(conf.voters) <= 3):
+        if len(conf.voters) > len(self.voters) - 1 and not recovering:  # see _another_can_lead
             choices.append(ConfChange(ConfChangeKind.REMOVE, rng.choice(conf.voters)))
         if conf.learners:
             choices.append(ConfChange(ConfChangeKind.REMOVE, rng.choice(conf.learners)))
@@ -512,10 +538,21 @@ class Simulation:
         self._guard(leader, do)
 
     def _nemesis_transfer(self) -> None:
+        """Move leadership: half the time to a random voter (the leader itself and
+        non-candidates included, which the core ignores), half the time by the core's own
+        choice, as the raft process does when its disk is full (`hand_off_leadership`)."""
         leader = self.leader()
         if leader is None or leader.core is None:
             return
         core = leader.core
+        if self.rng.random() < 0.5:
+            def hand_off() -> None:
+                target = core.hand_off_leadership()
+                if target != NONE:
+                    self.hand_offs += 1
+                    self._mix(3000 + target)
+            self._guard(leader, hand_off)
+            return
         target = self.rng.choice(core.conf.voters)
         self._guard(leader, lambda: core.transfer_leader(target))
 
