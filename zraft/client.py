@@ -6,16 +6,17 @@
         rows = client.query(["SELECT * FROM t"], level="linearizable").results
 
 Statements take rqlite's forms: "sql", ["sql", p1, p2], ["sql", {"name": v}], or a
-("sql", params) pair; bytes parameters are BLOBs. Any node accepts requests and forwards them
-to the leader. Failures raise ClientError (with the wire error `code`, and `leader` when
-known); no reply in time raises ClientTimeout, after which the connection is reset (Lazy
-Pirate), so a late reply can never be mistaken for another request's. A Client belongs to
-one thread.
+("sql", params) pair, with rqlite's value rules (bytes, a list of byte values or a string
+x'0A1B' are BLOBs); they are checked before anything is sent. Any node accepts requests and
+forwards them to the leader. Failures raise ClientError (with the wire error `code`, and
+`leader` when known); no reply in time raises ClientTimeout, after which the connection is
+reset (Lazy Pirate), so a late reply can never be mistaken for another request's. A Client
+belongs to one thread.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +27,7 @@ from zraft.api.statements import normalize_client_statement
 from zraft.transport.rpc import RpcClient, RpcTimeout
 from zraft.wire.messages import (
     ClientExecute,
+    ClientOptions,
     ClientQuery,
     ClientResults,
     Error,
@@ -33,6 +35,11 @@ from zraft.wire.messages import (
     StatusRequest,
     WireMessage,
 )
+from zraft.wire.sql import Statement
+
+_OPTION_NAMES = frozenset(f.name for f in fields(ClientOptions))
+_IGNORED_OPTIONS = frozenset({"timings"})
+"""Accepted for rqlite's sake and without effect: the native reply carries no timings."""
 
 
 class ClientError(Exception):
@@ -73,9 +80,11 @@ class Client:
     def query(self, statements: list[Any], level: str = "weak", timeout: float | None = None,
               **options: bool) -> Results:
         """Reads at a consistency level: none, weak, linearizable or strong (rqlite /db/query).
-        `options` are rqlite's flags: associative, blob_array, timings, transaction."""
+        `options` are rqlite's flags: associative, blob_array, qualify_columns, transaction,
+        norwrandom, norwtime, noparse (and db_timeout_ms, an integer); timings is accepted
+        and has no effect here. Any other name is a TypeError."""
         msg = ClientQuery(id=0, statements=_statements(statements), level=level,
-                          timeout_ms=self._timeout_ms(timeout), options=dict(options))
+                          timeout_ms=self._timeout_ms(timeout), options=_options(options))
         return self._results(self._call(msg, timeout))
 
     def status(self, timeout: float | None = None) -> dict[str, Any]:
@@ -115,10 +124,17 @@ class Client:
         return Results(reply.results, reply.raft_index)
 
 
-def _statements(statements: list[Any]) -> list[Any]:
+def _statements(statements: list[Any]) -> list[Statement]:
     if isinstance(statements, str):
         statements = [statements]
     try:
         return [normalize_client_statement(s) for s in statements]
     except ApiError as exc:
         raise ClientError(exc.code, exc.message) from None
+
+
+def _options(options: dict[str, bool]) -> ClientOptions:
+    unknown = options.keys() - _OPTION_NAMES - _IGNORED_OPTIONS
+    if unknown:
+        raise TypeError(f"unknown query option(s): {', '.join(sorted(unknown))}")
+    return ClientOptions(**{k: v for k, v in options.items() if k in _OPTION_NAMES})

@@ -282,7 +282,7 @@ def is_leader(config: NodeConfig) -> bool:
     import zmq
 
     from zraft.wire import decode, encode
-    from zraft.wire.messages import StatusReply, StatusRequest
+    from zraft.wire.messages import RaftStatus, StatusRequest
 
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -296,4 +296,4 @@ def is_leader(config: NodeConfig) -> bool:
         return False
     finally:
         sock.close()
-    return isinstance(reply, StatusReply) and reply.status.get("role") == "leader"
+    return isinstance(reply, RaftStatus) and reply.role == "leader"

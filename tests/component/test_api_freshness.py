@@ -15,7 +15,8 @@ import pytest
 
 from tests.component.test_api_http import Env, start_env, stop_env
 from tests.component.test_api_support import FakePublisher, FakeServer, leader_endpoint
-from zraft.wire.messages import ClientQuery, Query
+from zraft.wire.messages import ClientOptions, ClientQuery, Query
+from zraft.wire.sql import Statement
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -120,8 +121,8 @@ def test_noparse_travels_with_a_forwarded_strong_read() -> None:
         status, _ = env.node.json("POST", "/db/query?level=strong&noparse", ["SELECT random()"])
         assert status == 200
         [msg] = leader.of(ClientQuery)
-        assert msg.statements == [["SELECT random()", None]]
-        assert msg.options == {"noparse": True, "forwarded": True}
+        assert msg.statements == [Statement("SELECT random()")]
+        assert msg.options == ClientOptions(noparse=True, forwarded=True)
     finally:
         leader.stop()
         stop_env(env)

@@ -4,7 +4,6 @@ level, forwarding, limits and bad input."""
 
 from __future__ import annotations
 
-import base64
 import socket
 import threading
 import time
@@ -28,10 +27,13 @@ from tests.component.test_api_support import (
 from zraft.store.command import Statement, decode_command
 from zraft.wire.messages import (
     ClientExecute,
+    ClientOptions,
     ClientQuery,
     Error,
+    ErrorCode,
     Propose,
     Query,
+    QueryOptions,
     ReadIndex,
     StatusRequest,
     WaitApplied,
@@ -154,8 +156,8 @@ def test_write_on_a_follower_is_forwarded_to_the_leader(follower: tuple[Env, Fak
     assert body == b'{"results":[{"last_insert_id":99,"rows_affected":1}],"raft_index":42}'
     assert headers["x-rqlite-served-by"] == env.cluster.peer(2).http
     [msg] = leader.of(ClientExecute)
-    assert msg.statements == [["INSERT INTO foo VALUES(?)", [{"b64": base64.b64encode(b"\x01\x02").decode()}]]]
-    assert msg.options == {"associative": True, "forwarded": True}
+    assert msg.statements == [Statement("INSERT INTO foo VALUES(?)", [b"\x01\x02"])]
+    assert msg.options == ClientOptions(associative=True, forwarded=True)
     assert env.raft.log == {}
 
 
@@ -190,13 +192,14 @@ def test_store_timeout_and_leadership_lost_are_rqlite_request_errors(env: Env) -
     assert status == 200
     assert doc["results"] == [] and "within" in doc["error"]
     env.store.delay = 0.0
-    env.store.wait_error = Error(id=0, code="leadership_lost", message="entry 2 was replaced by one from term 4")
+    env.store.wait_error = Error(id=0, code=ErrorCode.LEADERSHIP_LOST,
+                                 message="entry 2 was replaced by one from term 4")
     status, doc = env.node.json("POST", "/db/execute", ["INSERT INTO foo VALUES(1)"])
     assert (status, doc) == (200, {"results": [], "error": "entry 2 was replaced by one from term 4"})
 
 
 def test_raft_unavailable_is_503(env: Env) -> None:
-    env.raft.propose_error = Error(id=0, code="unavailable", message="raft is restarting")
+    env.raft.propose_error = Error(id=0, code=ErrorCode.UNAVAILABLE, message="raft is restarting")
     status, _, body = env.node.request("POST", "/db/execute", ["INSERT INTO foo VALUES(1)"])
     assert (status, body) == (503, b"raft is restarting\n")
 
@@ -204,11 +207,12 @@ def test_raft_unavailable_is_503(env: Env) -> None:
 def test_disk_full_is_503_in_rqlites_error_shape_and_not_applied_is_200(env: Env) -> None:
     """Refused before the log (safe to retry): 503; in the log but not applicable here
     (outcome unknown, like a timeout): 200; both carry rqlite's JSON error."""
-    env.raft.propose_error = Error(id=0, code="disk_full", message="disk full: /data/raft: No space left")
+    env.raft.propose_error = Error(id=0, code=ErrorCode.DISK_FULL, message="disk full: /data/raft: No space left")
     status, doc = env.node.json("POST", "/db/execute", ["INSERT INTO foo VALUES(1)"])
     assert (status, doc) == (503, {"results": [], "error": "disk full: /data/raft: No space left"})
     env.raft.propose_error = None
-    env.store.wait_error = Error(id=0, code="not_applied", message="disk full: /data/db.sqlite: outcome unknown")
+    env.store.wait_error = Error(id=0, code=ErrorCode.NOT_APPLIED,
+                                 message="disk full: /data/db.sqlite: outcome unknown")
     status, doc = env.node.json("POST", "/db/execute", ["INSERT INTO foo VALUES(1)"])
     assert (status, doc) == (200, {"results": [], "error": "disk full: /data/db.sqlite: outcome unknown"})
 
@@ -220,7 +224,7 @@ def test_query_none_reads_the_local_store_without_raft(env: Env) -> None:
     assert doc == {"results": [{"columns": ["sql", "params"], "types": ["text", "text"],
                                 "values": [["SELECT * FROM foo", "null"]]}]}
     [query] = env.store_srv.of(Query)
-    assert query.min_applied == 0 and query.statements == [["SELECT * FROM foo", None]]
+    assert query.min_applied == 0 and query.statements == [Statement("SELECT * FROM foo")]
     assert env.raft_srv.received == []
 
 
@@ -230,8 +234,8 @@ def test_query_weak_on_the_leader_asks_raft_then_reads_locally(env: Env) -> None
     assert status == 200
     assert len(env.raft_srv.of(StatusRequest)) == 1
     [query] = env.store_srv.of(Query)
-    assert query.statements == [["SELECT * FROM foo WHERE id=?", [1]]]
-    assert query.options == {"associative": True, "blob_array": True}
+    assert query.statements == [Statement("SELECT * FROM foo WHERE id=?", [1])]
+    assert query.options == QueryOptions(associative=True, blob_array=True)
 
 
 def test_query_weak_uses_the_commit_notice_stream() -> None:
@@ -259,7 +263,7 @@ def test_query_weak_on_a_follower_is_forwarded(follower: tuple[Env, FakeServer])
     assert body == b'{"results":[{"columns":["level"],"types":["text"],"values":[["weak"]]}]}'
     assert headers["x-rqlite-served-by"] == env.cluster.peer(2).http
     [msg] = leader.of(ClientQuery)
-    assert msg.statements == [["SELECT 1", None]] and msg.options == {"forwarded": True}
+    assert msg.statements == [Statement("SELECT 1")] and msg.options == ClientOptions(forwarded=True)
     assert env.store_srv.received == []
 
 
@@ -393,6 +397,24 @@ def test_status_has_rqlite_store_and_raft_sections(env: Env) -> None:
     assert doc["http"]["bind_addr"] == env.cluster.peer(1).http
     assert doc["node"]["id"] == "1" and "pid" in doc["os"]
     assert env.node.json("GET", "/status?key=store.raft.state")[1] == "Leader"
+    assert store["raft"]["disk_full"] == "" and store["fsm"]["disk_full"] == ""  # README: "When a disk fills"
+
+
+def test_status_shows_the_one_applied_index_the_stores(env: Env) -> None:
+    env.node.json("POST", "/db/execute", ["INSERT INTO foo VALUES(1)"])
+    env.store.applied = 0  # the raft process has committed entry 1; the store has not applied it
+    store = env.node.json("GET", "/status")[1]["store"]
+    assert store["raft"]["commit_index"] == 1
+    assert (store["raft"]["applied_index"], store["raft"]["applied"], store["fsm_index"],
+            store["db_applied_index"], store["fsm"]["applied"]) == (0, 0, 0, 0, 0)
+    env.store.applied = 1
+    store = env.node.json("GET", "/status")[1]["store"]
+    assert (store["raft"]["applied_index"], store["raft"]["applied"], store["fsm_index"],
+            store["db_applied_index"], store["fsm"]["applied"]) == (1, 1, 1, 1, 1)
+    env.store_srv.stop()  # an unreachable store: the raft section stays, the fsm says why
+    store = env.node.json("GET", "/status")[1]["store"]
+    assert store["open"] is False and "error" in store["fsm"] and "fsm_index" not in store
+    assert store["raft"]["state"] == "Leader" and store["raft"]["applied_index"] == 0
 
 
 def test_nodes_reports_every_peer_with_reachability(follower: tuple[Env, FakeServer]) -> None:

@@ -11,7 +11,9 @@ import textwrap
 import time
 from collections.abc import Iterator
 
+import orjson
 import pytest
+import zmq
 
 from tests.component.test_api_http import Env, start_env, stop_env
 from tests.component.test_api_support import (
@@ -24,11 +26,13 @@ from tests.component.test_api_support import (
 )
 from zraft.api.errors import BadRequest
 from zraft.api.http import parse_duration
-from zraft.api.statements import from_wire, normalize_client_statement, parse_body, to_wire
+from zraft.api.statements import check_count, normalize_client_statement, parse_body
 from zraft.client import Client, ClientError
 from zraft.config import render
+from zraft.wire import decode
 from zraft.store.command import Statement
-from zraft.wire.messages import ClientExecute, Error, Propose, Query
+from zraft.wire.messages import ClientExecute, ClientOptions, Error, Propose, Query, QueryOptions
+from zraft.wire.sql import statement_from_pair
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -56,7 +60,7 @@ def test_native_client_round_trip(env: Env) -> None:
         read = client.query(["SELECT * FROM t"], level="linearizable", associative=True)
         assert read.results[0]["values"] == [["SELECT * FROM t", "null"]]
         [query] = env.store_srv.of(Query)
-        assert query.min_applied == 5 and query.options == {"associative": True}
+        assert query.min_applied == 5 and query.options == QueryOptions(associative=True)
         status = client.status()
         assert status["store"]["raft"]["state"] == "Leader"
         with pytest.raises(ClientError) as bad:
@@ -65,6 +69,8 @@ def test_native_client_round_trip(env: Env) -> None:
         with pytest.raises(ClientError) as empty:
             client.execute([])
         assert empty.value.code == "bad_request"
+        with pytest.raises(TypeError, match="associatve"):  # a misspelt flag is not silently ignored
+            client.query(["SELECT 1"], associatve=True)
 
 
 def test_native_client_sees_not_leader_without_a_leader() -> None:
@@ -82,10 +88,38 @@ def test_forwarded_request_is_not_forwarded_again() -> None:
     env = start_env(leader=3)
     try:
         with Client(env.node.config.me().api_zmq, timeout=5) as client:
-            reply = client._rpc.call(ClientExecute(id=0, statements=[["INSERT INTO t VALUES(1)", None]],
-                                                   options={"forwarded": True}), 5)
+            reply = client._rpc.call(ClientExecute(id=0, statements=[Statement("INSERT INTO t VALUES(1)")],
+                                                   options=ClientOptions(forwarded=True)), 5)
         assert isinstance(reply, Error)
         assert (reply.code, reply.leader) == ("not_leader", 3)
+        assert env.raft.log == {}
+    finally:
+        stop_env(env)
+
+
+def test_native_statements_are_counted_and_a_malformed_request_is_answered() -> None:
+    """What the codec refuses to decode is answered bad_request when its id could be read
+    (as the statement checks answered it before the codec validated statements)."""
+    env = start_env(max_statements=2)
+    try:
+        with Client(env.node.config.me().api_zmq, timeout=5) as client:
+            with pytest.raises(ClientError) as many:
+                client.execute(["INSERT INTO t VALUES(1)"] * 3)
+            assert (many.value.code, many.value.message) == ("bad_request", "too many statements: 3 > 2")
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(env.node.config.me().api_zmq)
+            sock.send_multipart([orjson.dumps({"v": 1, "k": "client_execute", "id": 7,
+                                               "statements": [["INSERT INTO t VALUES(?)", [{"b64": "!!"}]]]})])
+            assert sock.poll(5000), "no answer"
+            reply = decode(sock.recv_multipart())
+        finally:
+            sock.close()
+            ctx.term()
+        assert isinstance(reply, Error) and (reply.id, reply.code) == (7, "bad_request")
+        assert "base64" in reply.message
         assert env.raft.log == {}
     finally:
         stop_env(env)
@@ -205,10 +239,15 @@ def test_body_parsing_maps_values_like_rqlite() -> None:
         parse_body(["SELECT 1"] * 3, 2)
 
 
-def test_wire_pairs_round_trip_and_validate() -> None:
+def test_client_statements_and_wire_pairs_validate() -> None:
     stmts = [Statement("A", None), Statement("B", [b"\x00", 1, None]), Statement("C", {"x": "y"})]
-    assert from_wire(to_wire(stmts), 10) == stmts
-    assert normalize_client_statement(("B", [b"\x00", 1, None])) == to_wire([stmts[1]])[0]
-    for bad in ([], [[1, None]], [["A", 5]], [["A", [{"b64": "!!"}]]], [["A", None, None]]):
-        with pytest.raises(BadRequest):
-            from_wire(bad, 10)
+    assert [normalize_client_statement(s) for s in ("A", ("B", [b"\x00", 1, None]), ["C", {"x": "y"}])] == stmts
+    pairs = (["A", None], ["B", [{"b64": "AA=="}, 1, None]], ["C", {"x": "y"}])
+    assert [statement_from_pair(p) for p in pairs] == stmts
+    for bad in ([1, None], ["A", 5], ["A", [{"b64": "!!"}]], ["A", None, None]):
+        with pytest.raises(ValueError):
+            statement_from_pair(bad)
+    with pytest.raises(BadRequest, match="no statements"):
+        check_count([], 10)
+    with pytest.raises(BadRequest, match="too many statements: 3 > 2"):
+        check_count(stmts, 2)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.component.test_api_http import Env, start_env, stop_env
-from zraft.api.classify import disallowed_pragma
+from zraft.api.statements import disallowed_pragma
 from zraft.wire.messages import Propose, Query
 
 pytestmark = pytest.mark.timeout(30)

@@ -31,14 +31,17 @@ from zraft.wire.messages import (
     ClientResults,
     CommitNotice,
     Error,
+    ErrorCode,
     Propose,
     Proposed,
     Query,
     QueryResult,
+    RaftStatus,
     ReadIndex,
     ReadIndexReply,
     StatusReply,
     StatusRequest,
+    StoreStatus,
     WaitApplied,
     WireMessage,
 )
@@ -151,11 +154,12 @@ class FakeRaft:
         mid = getattr(msg, "id", 0)
         if isinstance(msg, StatusRequest):
             role = "leader" if self.leader == self.node_id else "follower"
-            return StatusReply(id=mid, status={"id": self.node_id, "leader": self.leader, "term": self.term,
-                                               "role": role, "commit": len(self.log),
-                                               "applied": len(self.log), "last_index": len(self.log)})
+            return RaftStatus(id=mid, node_id=self.node_id, role=role, term=self.term, vote=self.leader,
+                              leader=self.leader, commit=len(self.log), raft_commit=len(self.log),
+                              first_index=1, last_index=len(self.log), voters=[1, 2, 3], learners=[],
+                              epoch=1, seq=0, pending_reads=0, disk_full="", vote_floor=[0, 0])
         if self.leader != self.node_id:
-            return Error(id=mid, code="not_leader", message="not the leader", leader=self.leader)
+            return Error(id=mid, code=ErrorCode.NOT_LEADER, message="not the leader", leader=self.leader)
         if isinstance(msg, Propose):
             if self.propose_error is not None:
                 return Error(id=mid, code=self.propose_error.code, message=self.propose_error.message)
@@ -164,7 +168,7 @@ class FakeRaft:
             return Proposed(id=mid, index=index, term=self.term)
         if isinstance(msg, ReadIndex):
             return ReadIndexReply(id=mid, index=self.read_index or len(self.log))
-        return Error(id=mid, code="bad_request", message=f"fake raft: {type(msg).__name__}")
+        return Error(id=mid, code=ErrorCode.BAD_REQUEST, message=f"fake raft: {type(msg).__name__}")
 
 
 def result_for(sql: str, params: Any, index: int) -> dict[str, Any]:
@@ -185,6 +189,8 @@ class FakeStore:
         self.wait_error: Error | None = None
         self.lag_ms: int | None = 0
         """What the status reply says of how long the data has lagged (None: unknown)."""
+        self.applied: int | None = None
+        """What the status reply says is applied (None: the whole of the fake raft's log)."""
 
     def handle(self, msg: WireMessage) -> WireMessage | Delayed | None:
         reply = self._reply(msg)
@@ -199,11 +205,13 @@ class FakeStore:
             return AppliedResult(id=mid, index=msg.index,
                                  result=[result_for(s.sql, _jsonable(s.params), msg.index) for s in cmd.statements])
         if isinstance(msg, Query):
-            return QueryResult(id=mid, results=[result_for(s[0], s[1], 0) for s in msg.statements],
+            return QueryResult(id=mid, results=[result_for(s.sql, _jsonable(s.params), 0) for s in msg.statements],
                                applied=len(self.raft.log))
         if isinstance(msg, StatusRequest):
-            return StatusReply(id=mid, status={"applied": len(self.raft.log), "lag_ms": self.lag_ms})
-        return Error(id=mid, code="bad_request", message=f"fake store: {type(msg).__name__}")
+            applied = len(self.raft.log) if self.applied is None else self.applied
+            return StoreStatus(id=mid, applied=applied, known_commit=len(self.raft.log),
+                               lag_ms=self.lag_ms, db_path="", parked=0, disk_full="")
+        return Error(id=mid, code=ErrorCode.BAD_REQUEST, message=f"fake store: {type(msg).__name__}")
 
 
 def _jsonable(params: Any) -> Any:
@@ -225,7 +233,7 @@ def leader_endpoint(node_id: int = 2) -> Handler:
                                                    "values": [[msg.level]]}])
         if isinstance(msg, StatusRequest):
             return StatusReply(id=mid, status={"node": {"id": str(node_id)}})
-        return Error(id=mid, code="bad_request", message="?")
+        return Error(id=mid, code=ErrorCode.BAD_REQUEST, message="?")
     return handle
 
 

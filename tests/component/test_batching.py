@@ -5,23 +5,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import pytest
 import zmq
 
 from tests.component.test_raft_proc_support import Node, free_port, single_leader_node, wait_for  # noqa: F401 (fixture "node")
-from zraft.api.errors import NotLeader, Timeout
+from zraft.api.errors import ApiError, NotLeader, Timeout
 from zraft.api.zmq_client import AsyncRpcClient, ZmqRaftClient, ZmqStoreClient
 from zraft.wire import decode, encode
 from zraft.wire.messages import (
+    Appended,
     AppliedResult,
     AppliedResultBatch,
+    AppliedRow,
     EntriesReply,
     Error,
+    ErrorCode,
+    FailedRow,
     FetchEntries,
     Propose,
     ProposeBatch,
     ProposedBatch,
+    Refused,
+    RenderOptions,
     WaitApplied,
     WaitAppliedBatch,
     WireMessage,
@@ -74,12 +81,13 @@ async def _connected(client: AsyncRpcClient, router: Router, probe: WireMessage)
 def test_proposes_of_one_turn_travel_as_one_batch_with_per_request_outcomes(ctx) -> None:
     def respond(msg: WireMessage) -> list[WireMessage]:
         if isinstance(msg, ProposeBatch):
-            rows: list[list[object]] = []
+            rows: list[Appended | Refused] = []
             for i, data in enumerate(msg.payloads):
-                rows.append(["not_leader", "go elsewhere", 3] if data == b"refused" else [10 + i, 2])
+                rows.append(Refused(ErrorCode.NOT_LEADER, "go elsewhere", 3) if data == b"refused"
+                            else Appended(10 + i, 2))
             return [ProposedBatch(msg.id, rows)]
         if isinstance(msg, Propose):
-            return [] if msg.data == b"silent" else [Error(msg.id, "not_leader", "no", leader=2)]
+            return [] if msg.data == b"silent" else [Error(msg.id, ErrorCode.NOT_LEADER, "no", leader=2)]
         return []
 
     async def scenario() -> None:
@@ -113,18 +121,23 @@ def test_proposes_of_one_turn_travel_as_one_batch_with_per_request_outcomes(ctx)
     asyncio.run(scenario())
 
 
+def echo(index: int, options: RenderOptions) -> list[object]:
+    """A result that shows which options a wait carried (those not at their default)."""
+    return [{"index": index, **{k: v for k, v in asdict(options).items() if v}}]
+
+
 def test_wait_applied_of_one_turn_travel_as_one_batch_answered_each(ctx) -> None:
     def respond(msg: WireMessage) -> list[WireMessage]:
         if isinstance(msg, WaitAppliedBatch):  # two answered together, the last on its own
-            rows: list[list[object]] = []
+            rows: list[AppliedRow | FailedRow] = []
             out: list[WireMessage] = []
-            for request_id, index, term, _timeout_ms, options in msg.requests:
-                if term == 1:
-                    rows.append([request_id, "leadership_lost", "replaced", 0])
-                elif index == 6:
-                    out.append(AppliedResult(request_id, index, [{"index": index, **options}]))
+            for wait in msg.requests:
+                if wait.term == 1:
+                    rows.append(FailedRow(wait.id, ErrorCode.LEADERSHIP_LOST, "replaced", 0))
+                elif wait.index == 6:
+                    out.append(AppliedResult(wait.id, wait.index, echo(wait.index, wait.options)))
                 else:
-                    rows.append([request_id, index, [{"index": index, **options}]])
+                    rows.append(AppliedRow(wait.id, wait.index, echo(wait.index, wait.options)))
             return [AppliedResultBatch(0, rows), *out]
         if isinstance(msg, WaitApplied):
             return [AppliedResult(msg.id, msg.index, [])]
@@ -137,14 +150,14 @@ def test_wait_applied_of_one_turn_travel_as_one_batch_answered_each(ctx) -> None
         store = ZmqStoreClient(client)
         try:
             await _connected(client, router, WaitApplied(0, 1, 1))
-            outcomes = await asyncio.gather(store.wait_applied(4, 2, 2, {"associative": True}),
-                                            store.wait_applied(5, 1, 2, {}),
-                                            store.wait_applied(6, 2, 2, {}), return_exceptions=True)
+            outcomes = await asyncio.gather(store.wait_applied(4, 2, 2, RenderOptions(associative=True)),
+                                            store.wait_applied(5, 1, 2, RenderOptions()),
+                                            store.wait_applied(6, 2, 2, RenderOptions()), return_exceptions=True)
             assert outcomes[0] == [{"index": 4, "associative": True}]
             assert type(outcomes[1]).__name__ == "LeadershipLost"
             assert outcomes[2] == [{"index": 6}]
             [batch] = router.received
-            assert isinstance(batch, WaitAppliedBatch) and [r[1] for r in batch.requests] == [4, 5, 6]
+            assert isinstance(batch, WaitAppliedBatch) and [r.index for r in batch.requests] == [4, 5, 6]
         finally:
             client.close()
             server.cancel()
@@ -153,13 +166,39 @@ def test_wait_applied_of_one_turn_travel_as_one_batch_answered_each(ctx) -> None
     asyncio.run(scenario())
 
 
+def test_a_batch_answer_with_the_wrong_number_of_rows_fails_each_request_at_once(ctx) -> None:
+    def respond(msg: WireMessage) -> list[WireMessage]:
+        if isinstance(msg, ProposeBatch):  # one row for a batch of two: which is which?
+            return [ProposedBatch(msg.id, [Appended(10, 2)])]
+        if isinstance(msg, Propose):
+            return [Error(msg.id, ErrorCode.NOT_LEADER, "no", leader=2)]
+        return []
+
+    async def scenario() -> None:
+        router = Router(ctx, respond)
+        server = asyncio.create_task(router.serve())
+        client = AsyncRpcClient(ctx, router.address)
+        raft = ZmqRaftClient(client)
+        try:
+            await _connected(client, router, Propose(0, b"probe"))
+            outcomes = await asyncio.gather(raft.propose(b"a", 5), raft.propose(b"b", 5), return_exceptions=True)
+            for outcome in outcomes:
+                assert type(outcome) is ApiError and "1 answers to a batch of 2" in outcome.message
+            assert not client._pending and not client._batches
+        finally:
+            client.close()
+            server.cancel()
+            router.sock.close(linger=0)
+
+    asyncio.run(asyncio.wait_for(scenario(), 3))  # at once: long before the requests' deadlines
+
 
 def test_raft_appends_a_propose_batch_in_order(node: Node) -> None:
     reply = node.call(ProposeBatch(9, [b"one", b"two", b"three"]))
     assert isinstance(reply, ProposedBatch)
-    indexes = [row[0] for row in reply.results]
+    assert all(isinstance(row, Appended) and row.term >= 1 for row in reply.results)
+    indexes = [row.index for row in reply.results if isinstance(row, Appended)]
     assert indexes == list(range(indexes[0], indexes[0] + 3))
-    assert all(len(row) == 2 and row[1] >= 1 for row in reply.results)
     entries = wait_for("the batch to commit",
                        lambda: len((r := node.fetch(indexes[0])).entries) >= 3 and r)
     assert isinstance(entries, EntriesReply)

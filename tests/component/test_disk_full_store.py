@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import apsw
@@ -17,7 +18,7 @@ from tests.component.test_raft_proc_support import wait_for
 from tests.component.test_store_proc import call, count_rows, create_entry, insert_entries, make_config, start_store
 from zraft.raft.types import Entry, EntryKind
 from zraft.store.command import Command, Statement, encode_command
-from zraft.wire.messages import AppliedResult, Error, Query, StatusReply, StatusRequest, WaitApplied
+from zraft.wire.messages import AppliedResult, Error, Query, StatusRequest, StoreStatus, WaitApplied
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,8 +30,8 @@ def big_inserts(start: int, count: int) -> list[Entry]:
 
 def store_status(config) -> dict:
     reply = call(config, StatusRequest(id=1))
-    assert isinstance(reply, StatusReply), reply
-    return reply.status
+    assert isinstance(reply, StoreStatus), reply
+    return asdict(reply)
 
 
 def test_store_on_a_full_disk_rolls_back_keeps_reading_and_catches_up(tmp_path: Path) -> None:
@@ -54,7 +55,7 @@ def test_store_on_a_full_disk_rolls_back_keeps_reading_and_catches_up(tmp_path: 
                 status = store_status(config)
                 assert status["applied"] == 11 and status["disk_full"].startswith("disk full: ")
                 assert count_rows(config, min_applied=0) == 10  # reads go on
-                read = call(config, Query(id=2, statements=[["SELECT 1", None]], min_applied=51))
+                read = call(config, Query(id=2, statements=[Statement("SELECT 1")], min_applied=51))
                 assert isinstance(read, Error) and read.code == "disk_full", read
                 wait_for("the raft process to be told", lambda: any(raft.disk_full_reports), 5)
                 assert proc.poll() is None

@@ -70,7 +70,7 @@ def test_without_wait_a_fetch_beyond_the_commit_is_answered_at_once(node, dealer
 
 
 def test_held_fetches_are_bounded(node, dealer):
-    from zraft.procs.raft_proc import MAX_PARKED_FETCHES
+    from zraft.procs.entry_server import MAX_PARKED_FETCHES
 
     start = next_index(node)
     ctx = zmq.Context()

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from zraft.wire.messages import (
     CommitNotice,
     EntriesReply,
     FetchEntries,
-    StatusReply,
+    RaftStatus,
     StatusRequest,
     WireMessage,
 )
@@ -125,8 +125,8 @@ class Node:
             reply = self.call(StatusRequest(0), timeout)
         except TimeoutError:
             return None
-        assert isinstance(reply, StatusReply), reply
-        return reply.status
+        assert isinstance(reply, RaftStatus), reply
+        return asdict(reply)
 
     def fetch(self, start: int, max_bytes: int = 1 << 20) -> EntriesReply:
         reply = self.call(FetchEntries(0, start, max_bytes))

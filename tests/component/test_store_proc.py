@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from zraft.wire.messages import (
     Error,
     Query,
     QueryResult,
-    StatusReply,
+    StoreStatus,
     StatusRequest,
     WaitApplied,
     WireMessage,
@@ -89,7 +90,7 @@ def call(config: NodeConfig, msg: WireMessage, timeout_s: float = 10) -> WireMes
 
 
 def count_rows(config: NodeConfig, min_applied: int) -> int:
-    reply = call(config, Query(id=1, statements=[["SELECT count(*) FROM t", None]], min_applied=min_applied))
+    reply = call(config, Query(id=1, statements=[Statement("SELECT count(*) FROM t")], min_applied=min_applied))
     assert isinstance(reply, QueryResult), reply
     return int(reply.results[0]["values"][0][0])
 
@@ -156,7 +157,7 @@ def test_kill_9_during_apply_then_resume_is_exact(node) -> None:
             proc.wait()
         procs.append(start_store(path))
         assert count_rows(config, min_applied=total + 1) == total
-        reply = call(config, Query(id=2, statements=[["SELECT count(DISTINCT v), min(id), max(id) FROM t", None]],
+        reply = call(config, Query(id=2, statements=[Statement("SELECT count(DISTINCT v), min(id), max(id) FROM t")],
                                    min_applied=total + 1))
         assert isinstance(reply, QueryResult)
         assert reply.results[0]["values"][0] == [total, 1, total]
@@ -167,15 +168,15 @@ def test_sigterm_exits_zero(node) -> None:
     with FakeRaft(config):
         proc = start_store(path)
         procs.append(proc)
-        call(config, Query(id=1, statements=[["SELECT 1", None]]))
+        call(config, Query(id=1, statements=[Statement("SELECT 1")]))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
 
 
 def store_status(config: NodeConfig) -> dict[str, object]:
     reply = call(config, StatusRequest(id=9))
-    assert isinstance(reply, StatusReply), reply
-    return reply.status
+    assert isinstance(reply, StoreStatus), reply
+    return asdict(reply)
 
 
 def wait_status(config: NodeConfig, ok: Callable[[dict[str, object]], bool],
@@ -242,11 +243,11 @@ def test_lag_counts_from_before_a_backlog_of_notices_was_read(tmp_path: Path) ->
         proc._sub_empty_at = 100.1  # ... a 5 s stall; the backlog is read at 105.1
         for seq, commit in ((2, 3), (3, 7)):
             proc._on_notice(CommitNotice(epoch=1, seq=seq, commit=commit, term=1, leader=1))
-        assert proc.known_commit == 7
-        assert 5100 <= proc.lag_ms(now=105.1) <= 5101  # from 100.0, when the raft commit was 0
+        assert proc.fetcher.lag.known_commit == 7
+        assert 5100 <= proc.fetcher.lag.lag_ms(105.1) <= 5101  # from 100.0, when the raft commit was 0
         proc._sub_empty_at = 105.1
         proc._on_notice(CommitNotice(epoch=1, seq=4, commit=9, term=1, leader=1))
-        assert 5200 <= proc.lag_ms(now=105.2) <= 5201  # the oldest unapplied commit still counts
+        assert 5200 <= proc.fetcher.lag.lag_ms(105.2) <= 5201  # the oldest unapplied commit still counts
     finally:
         proc.close()
         ctx.term()

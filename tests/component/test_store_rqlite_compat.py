@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from zraft.procs.store_proc import _statement
+from zraft.wire.sql import statement_from_pair as _statement
 from zraft.store import Command, Database, Statement, encode_command
 
 

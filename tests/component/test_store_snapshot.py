@@ -8,7 +8,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from zraft.store import Command, Database, Statement, encode_command
+from zraft.store import Command, Database, Statement, encode_command, reads
 
 
 def insert(i: int) -> bytes:
@@ -127,13 +127,27 @@ def test_query_statements_share_one_snapshot_and_report_its_index(db: Database) 
     assert index == 100 and [r["values"] for r in results] == [[[99]], [[99]]]
 
 
-@pytest.mark.parametrize(
-    ("sql", "read_only"),
-    [("SELECT * FROM t", True), ("select 1; select 2", True), ("EXPLAIN DELETE FROM t", True),
-     ("PRAGMA foreign_keys", True), ("WITH x AS (SELECT 1) SELECT * FROM x", True),
-     ("INSERT INTO t(v) VALUES(?)", False),
-     ("SELECT 1; DELETE FROM t", False), ("WITH x AS (SELECT 1) DELETE FROM t", False),
-     ("CREATE TABLE z(a)", False), ("SELEC 1", False), ("SELECT * FROM nosuch", False), ("BEGIN", False)],
-)  # fmt: skip
+VERDICTS = [
+    ("SELECT * FROM t", True), ("select 1; select 2", True), ("EXPLAIN DELETE FROM t", True),
+    ("PRAGMA foreign_keys", True), ("WITH x AS (SELECT 1) SELECT * FROM x", True), ("SELECT 1; -- done", True),
+    ("INSERT INTO t(v) VALUES(?)", False),
+    ("SELECT 1; DELETE FROM t", False), ("WITH x AS (SELECT 1) DELETE FROM t", False),
+    ("CREATE TABLE z(a)", False), ("SELEC 1", False), ("SELECT * FROM nosuch", False), ("BEGIN", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sql", "read_only"), VERDICTS)
 def test_is_read_only_uses_sqlites_verdict(db: Database, sql: str, read_only: bool) -> None:
     assert db.is_read_only(sql) is read_only
+
+
+@pytest.mark.parametrize(("sql", "read_only"), VERDICTS)
+def test_another_process_gets_the_same_verdict_from_the_file(db: Database, sql: str, read_only: bool) -> None:
+    """zraft.store.reads is the one classifier: the api's /db/request asks it with a
+    connection of its own, and must route exactly as the store would judge."""
+    assert reads.all_read_only(db.path, ["SELECT 1", sql]) is read_only
+
+
+def test_a_database_that_does_not_exist_yet_is_written_to(tmp_path: Path) -> None:
+    assert reads.all_read_only(str(tmp_path / "none.sqlite"), ["SELECT 1"]) is False
+    assert not (tmp_path / "none.sqlite").exists()

@@ -12,7 +12,7 @@ from tests.component.test_raft_proc_support import free_port, single_node, wait_
 from zraft.raft.types import Entry, Message, MsgType
 from zraft.transport import RpcClient, RpcTimeout, coalesce, peer_dealer, peer_inbox, recv_batch, send_nowait
 from zraft.wire import decode, encode
-from zraft.wire.messages import Error, Ok, Propose, Proposed, StatusReply, StatusRequest
+from zraft.wire.messages import Error, Ok, Propose, Proposed, RaftStatus, StatusRequest
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ def test_raft_process_drops_and_counts_malformed_frames(ctx, tmp_path):
         assert status is not None and status["role"] == "leader" and status["term"] == 1
         assert isinstance(node.call(Propose(0, b"still alive")), Proposed)
         assert node.alive()
-        assert isinstance(node.call(StatusRequest(0)), StatusReply)
+        assert isinstance(node.call(StatusRequest(0)), RaftStatus)
     finally:
         node.kill()
 

@@ -1,19 +1,23 @@
 """Expected request outcomes of the API process, as exceptions.
 
-Every failure a request can meet is one of these; `code` is the wire code carried by
+Every failure a request can meet is one of these; `code` is the `ErrorCode` carried by
 `zraft.wire.messages.Error` (so that an error crosses a forwarding hop unchanged) and
 `zraft.api.http` maps each class to one HTTP status:
 
-    ApiError                    (code "internal")      -> 200 {"results": [], "error": ...}
-    +-- BadRequest              ("bad_request")        -> 400 text
-    +-- TooLarge                ("too_large")          -> 413 text
-    +-- NotLeader               ("not_leader")         -> forwarded / 301 / 503 "leader not found"
-    +-- Unavailable             ("unavailable")        -> 503 text
-    |   +-- Busy                ("busy")               -> 503 text
-    +-- Timeout                 ("timeout")            -> 200 JSON error (as rqlite)
-    +-- LeadershipLost          ("leadership_lost")    -> 200 JSON error (as rqlite)
-    +-- DiskFull                ("disk_full")          -> 503 JSON error
-    +-- NotApplied              ("not_applied")        -> 200 JSON error
+    ApiError                    (INTERNAL)             -> 200 {"results": [], "error": ...}
+    +-- BadRequest              (BAD_REQUEST)          -> 400 text
+    +-- TooLarge                (TOO_LARGE)            -> 413 text
+    +-- NotLeader               (NOT_LEADER)           -> forwarded / 301 / 503 "leader not found"
+    +-- Unavailable             (UNAVAILABLE)          -> 503 text
+    |   +-- Busy                (BUSY)                 -> 503 text
+    +-- Timeout                 (TIMEOUT)              -> 200 JSON error (as rqlite)
+    +-- LeadershipLost          (LEADERSHIP_LOST)      -> 200 JSON error (as rqlite)
+    +-- DiskFull                (DISK_FULL)            -> 503 JSON error
+    +-- NotApplied              (NOT_APPLIED)          -> 200 JSON error
+    +-- ResultUnavailable       (RESULT_UNAVAILABLE)   -> 200 JSON error
+
+REJECTED and COMPACTED have no class: they answer ConfChangeRequest and FetchEntries, which
+the api never sends, so should one arrive it reads as a plain ApiError (INTERNAL).
 
 SQL errors are never exceptions: they are per-statement results.
 """
@@ -22,14 +26,16 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from zraft.wire.messages import ErrorCode
+
 LEADER_NOT_FOUND = "leader not found"
 
 
 class ApiError(Exception):
     """A request failed as a whole; nothing about it is known to have changed unless the
-    subclass says otherwise (Timeout, LeadershipLost: the outcome is unknown)."""
+    subclass says otherwise (Timeout, LeadershipLost, NotApplied: the outcome is unknown)."""
 
-    code: ClassVar[str] = "internal"
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
 
     def __init__(self, message: str, *, leader: int = 0) -> None:
         super().__init__(message)
@@ -38,33 +44,33 @@ class ApiError(Exception):
 
 
 class BadRequest(ApiError):
-    code = "bad_request"
+    code = ErrorCode.BAD_REQUEST
 
 
 class TooLarge(ApiError):
-    code = "too_large"
+    code = ErrorCode.TOO_LARGE
 
 
 class NotLeader(ApiError):
     """This node cannot serve the request; `leader` is the leader's node id, 0 if unknown."""
 
-    code = "not_leader"
+    code = ErrorCode.NOT_LEADER
 
 
 class Unavailable(ApiError):
-    code = "unavailable"
+    code = ErrorCode.UNAVAILABLE
 
 
 class Busy(Unavailable):
-    code = "busy"
+    code = ErrorCode.BUSY
 
 
 class Timeout(ApiError):
-    code = "timeout"
+    code = ErrorCode.TIMEOUT
 
 
 class LeadershipLost(ApiError):
-    code = "leadership_lost"
+    code = ErrorCode.LEADERSHIP_LOST
 
 
 class DiskFull(ApiError):
@@ -72,24 +78,31 @@ class DiskFull(ApiError):
     retry), or a read cannot be served until that node can apply the log again. The message
     starts with "disk full: " and names the path."""
 
-    code = "disk_full"
+    code = ErrorCode.DISK_FULL
 
 
 class NotApplied(ApiError):
     """The write reached the log, but this node cannot apply it now (its disk is full): its
     outcome is unknown, as after a timeout. The message starts with "disk full: "."""
 
-    code = "not_applied"
+    code = ErrorCode.NOT_APPLIED
 
 
-_BY_CODE: dict[str, type[ApiError]] = {
+class ResultUnavailable(ApiError):
+    """The write was applied, but the store no longer keeps its result (it waited too long
+    to ask): the change is made, its per-statement results are lost."""
+
+    code = ErrorCode.RESULT_UNAVAILABLE
+
+
+_BY_CODE: dict[ErrorCode, type[ApiError]] = {
     cls.code: cls
     for cls in (ApiError, BadRequest, TooLarge, NotLeader, Unavailable, Busy, Timeout, LeadershipLost,
-                DiskFull, NotApplied)
+                DiskFull, NotApplied, ResultUnavailable)
 }
 
 
-def from_wire(code: str, message: str, leader: int = 0) -> ApiError:
-    """The exception for a wire `Error` (unknown codes become a plain ApiError)."""
+def from_wire(code: ErrorCode, message: str, leader: int = 0) -> ApiError:
+    """The exception for a wire `Error` (a code without a class becomes a plain ApiError)."""
     cls = _BY_CODE.get(code, ApiError)
-    return cls(message or code, leader=leader)
+    return cls(message or code.value, leader=leader)

@@ -22,9 +22,10 @@ Rules of this module:
   ZeroMQ reconnects, and is retried only where nothing can have been appended (not-leader
   answers); resending a write whose outcome is unknown, as rqlite's retries do, could apply
   it twice; `nonvoters` changes nothing on /nodes since every configured node is a voter;
-- /db/request classifies with SQLite (zraft.api.classify), /db/execute?queue uses
-  zraft.api.queue, /db/backup and /db/load zraft.api.backup; statements are rewritten for
-  determinism in zraft.api.service before they enter the log.
+- /db/request classifies with SQLite (zraft.store.reads, the node's one read/write
+  classifier), /db/execute?queue uses zraft.api.queue, /db/backup and /db/load
+  zraft.api.backup; statements are rewritten for determinism in zraft.api.service before
+  they enter the log.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from zraft import __version__
-from zraft.api import backup, classify
+from zraft.api import backup
 from zraft.api.errors import (
     LEADER_NOT_FOUND,
     ApiError,
@@ -55,10 +56,12 @@ from zraft.api.errors import (
 )
 from zraft.api.service import LEVELS, Outcome, Request, Service
 from zraft.api.queue import WriteQueue
-from zraft.api.statements import parse_body
+from zraft.api.statements import disallowed_pragma, parse_body
 from zraft.config import NodeConfig
 from zraft.sql.rewrite import explain_rewrite
-from zraft.store.command import Statement
+from zraft.store import reads
+from zraft.wire.messages import ClientOptions
+from zraft.wire.sql import Statement
 
 VERSION_HEADER = "X-RQLITE-VERSION"
 SERVED_BY_HEADER = "X-RQLITE-SERVED-BY"
@@ -153,15 +156,15 @@ def parse_params(query: MultiMapping[str]) -> Params:
     )
 
 
-def _options(params: Params) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for name in ("associative", "blob_array", "timings", "qualify_columns", "norwrandom", "norwtime",
-                 "noparse"):
-        if getattr(params, name):
-            options[name] = True
-    if params.db_timeout:
-        options["db_timeout_ms"] = max(1, int(params.db_timeout * 1000))
-    return options
+def _options(params: Params) -> ClientOptions:
+    """The flags that travel with the request (timings, pretty, raft_index and the like are
+    this adapter's own business)."""
+    return ClientOptions(
+        associative=params.associative, blob_array=params.blob_array,
+        qualify_columns=params.qualify_columns,
+        db_timeout_ms=max(1, int(params.db_timeout * 1000)) if params.db_timeout else 0,
+        transaction=params.transaction, norwrandom=params.norwrandom, norwtime=params.norwtime,
+        noparse=params.noparse)
 
 
 # == responses ================================================================================
@@ -294,8 +297,8 @@ class HttpApi:
         return json_response({"results": [], "sequence_number": seq}, params)
 
     async def _flush_queue(self, statements: list[Statement]) -> object:
-        req = Request(statements=statements, deadline=self.service.deadline(None), options={
-            "norwrandom": True, "norwtime": True})  # rewritten when queued
+        req = Request(statements=statements, deadline=self.service.deadline(None),
+                      options=ClientOptions(norwrandom=True, norwtime=True))  # rewritten when queued
         return await self.service.execute(req)
 
     async def unified(self, request: web.Request) -> web.StreamResponse:
@@ -315,7 +318,7 @@ class HttpApi:
             start = time.perf_counter()
             req = self._request(statements, params)
             read_only = params.level != "strong" and await asyncio.to_thread(
-                classify.all_read_only, str(self.config.db_path), [s.sql for s in statements])
+                reads.all_read_only, str(self.config.db_path), [s.sql for s in statements])
             if read_only:
                 await self._check_freshness(params)
                 outcome = await self.service.query(req)
@@ -325,7 +328,7 @@ class HttpApi:
 
     @staticmethod
     def _check_pragmas(statements: list[Statement]) -> None:
-        if any(classify.disallowed_pragma(s.sql) for s in statements):
+        if any(disallowed_pragma(s.sql) for s in statements):
             raise ApiError("disallowed pragma")
 
     async def _check_freshness(self, params: Params) -> None:
@@ -364,8 +367,7 @@ class HttpApi:
 
     def _request(self, statements: list[Statement], params: Params) -> Request:
         return Request(statements=statements, deadline=self.service.deadline(params.timeout),
-                       transaction=params.transaction, level=params.level,
-                       options=_options(params), redirect=params.redirect)
+                       level=params.level, options=_options(params), redirect=params.redirect)
 
     def _check_length(self, request: web.Request) -> None:
         length = request.content_length
@@ -465,7 +467,7 @@ class HttpApi:
             if not statements:
                 return self._results(Outcome([], 0, self.config.id), params, start)
             req = self._request(statements, params)
-            req = replace(req, transaction=True)
+            req.options = replace(req.options, transaction=True)
             outcome = await self.service.execute(req)
             if backup.is_sqlite_file(body):
                 outcome = Outcome([], outcome.raft_index, outcome.served_by)

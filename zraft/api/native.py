@@ -1,20 +1,21 @@
 """The native ZeroMQ endpoint: ClientExecute, ClientQuery and StatusRequest on the node's
 api_zmq ROUTER, served by the same Service as HTTP.
 
-Used by followers forwarding to the leader (they set options["forwarded"], so the request
-is never forwarded again) and by native clients (zraft.client). Every failure is answered
-with a wire `Error` whose code is the zraft.api.errors code and whose `leader` names the
-leader when known.
+Used by followers forwarding to the leader (they set `options.forwarded`, so the request is
+never forwarded again) and by native clients (zraft.client). The codec has validated every
+statement by the time a request gets here; only rqlite's bounds on their number are checked.
+Every failure is answered with a wire `Error` whose code is the zraft.api.errors code and
+whose `leader` names the leader when known.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import replace
 
 from zraft.api.errors import ApiError, BadRequest
 from zraft.api.service import LEVELS, Request, Service
-from zraft.api.statements import from_wire
+from zraft.api.statements import check_count
 from zraft.wire.messages import (
     ClientExecute,
     ClientQuery,
@@ -45,16 +46,12 @@ class NativeHandler:
             return Error(id=request_id, code=exc.code, message=exc.message, leader=exc.leader)
 
     async def _client_request(self, msg: ClientExecute | ClientQuery) -> WireMessage:
-        options: dict[str, Any] = dict(msg.options)
-        forwarded = bool(options.pop("forwarded", False))
+        check_count(msg.statements, self.service.config.api.max_statements)
         timeout_s = min(msg.timeout_ms, self.service.config.store.max_wait_ms) / 1000
-        req = Request(
-            statements=from_wire(msg.statements, self.service.config.api.max_statements),
-            deadline=time.monotonic() + timeout_s, options=options, forwarded=forwarded,
-            transaction=bool(options.get("transaction", False)),
-        )
+        req = Request(statements=list(msg.statements), deadline=time.monotonic() + timeout_s,
+                      options=msg.options)
         if isinstance(msg, ClientExecute):
-            req.transaction = msg.transaction
+            req.options = replace(msg.options, transaction=msg.transaction)
             outcome = await self.service.execute(req)
         else:
             req.level = "weak" if msg.level.lower() == "auto" else msg.level.lower()

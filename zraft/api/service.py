@@ -10,6 +10,11 @@ Rules of this module:
   node that is not the leader answers it with NotLeader instead of forwarding it again;
 - what went through the log is never retried (its outcome may be unknown); a forward that
   the far end refused as not-leader is, since nothing was appended;
+- a request's flags are one typed `ClientOptions`: the store gets the part it needs
+  (`.render` for a result wait, `.query` for a read), the leader all of them, marked
+  `forwarded`; statements are `zraft.wire.sql.Statement` from parsing to the log;
+- the raft and store processes describe themselves with `RaftStatus` and `StoreStatus`; the
+  node has one applied index, the store's (`StoreStatus.applied`);
 - failures are zraft.api.errors exceptions.
 
 Flows (rqlite store.go / proxy.go, with Raft read-index and result waits; design-anchors 7.4):
@@ -31,48 +36,56 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from zraft import __version__
 from zraft.api.errors import LEADER_NOT_FOUND, ApiError, BadRequest, Busy, NotLeader, Timeout
-from zraft.api.statements import to_wire
 from zraft.config import NodeConfig
-from zraft.raft.types import Role
 from zraft.sql.rewrite import RewriteError, rewrite
-from zraft.store.command import Command, CommandError, Statement, encode_command
-from zraft.wire.messages import CommitNotice, WireMessage
+from zraft.store.command import Command, CommandError, encode_command
+from zraft.wire.messages import (
+    ClientOptions,
+    CommitNotice,
+    JsonObject,
+    JsonValue,
+    QueryOptions,
+    RaftStatus,
+    RenderOptions,
+    StoreStatus,
+    WireMessage,
+)
+from zraft.wire.sql import Statement
 
 LEVELS = ("none", "weak", "linearizable", "strong")
-REWRITE_OPTIONS = ("norwrandom", "norwtime", "noparse")
-"""Request options that switch off statement rewriting (forwarded with the request)."""
 STALE_READ = "stale read"
-STORE_OPTIONS = ("associative", "blob_array", "timings", "transaction", "qualify_columns", "db_timeout_ms")
-"""Request options passed on to the store (and to the leader when forwarding)."""
 MAX_FORWARD_ATTEMPTS = 3
 STATUS_TIMEOUT_S = 2.0
+ROLE_NAMES = {"leader": "Leader", "follower": "Follower", "candidate": "Candidate",
+              "pre_candidate": "Candidate"}
+"""rqlite's names for RaftStatus.role (a pre-candidate is a candidate to rqlite)."""
 
 
 class RaftClient(Protocol):
     async def propose(self, data: bytes, timeout: float) -> tuple[int, int]: ...
     async def read_index(self, timeout: float) -> int: ...
-    async def status(self, timeout: float) -> dict[str, Any]: ...
+    async def status(self, timeout: float) -> RaftStatus: ...
 
 
 class StoreClient(Protocol):
-    async def wait_applied(self, index: int, term: int, timeout: float, options: dict[str, Any]) -> Any: ...
-    async def query(self, statements: list[Any], min_applied: int, timeout: float,
-                    options: dict[str, Any]) -> list[Any]: ...
-    async def status(self, timeout: float) -> dict[str, Any]: ...
+    async def wait_applied(self, index: int, term: int, timeout: float, options: RenderOptions) -> JsonValue: ...
+    async def query(self, statements: list[Statement], min_applied: int, timeout: float,
+                    options: QueryOptions) -> list[JsonValue]: ...
+    async def status(self, timeout: float) -> StoreStatus: ...
 
 
 class PeerClient(Protocol):
-    async def execute(self, statements: list[Any], transaction: bool, timeout: float,
-                      options: dict[str, Any]) -> tuple[list[Any], int]: ...
-    async def query(self, statements: list[Any], level: str, timeout: float,
-                    options: dict[str, Any]) -> tuple[list[Any], int]: ...
-    async def status(self, timeout: float) -> dict[str, Any]: ...
+    async def execute(self, statements: list[Statement], timeout: float,
+                      options: ClientOptions) -> tuple[list[JsonValue], int]: ...
+    async def query(self, statements: list[Statement], level: str, timeout: float,
+                    options: ClientOptions) -> tuple[list[JsonValue], int]: ...
+    async def status(self, timeout: float) -> JsonObject: ...
 
 
 Forward = Callable[[int, "Request"], Awaitable["Outcome"]]
@@ -88,13 +101,21 @@ class Request:
 
     statements: list[Statement]
     deadline: float
-    transaction: bool = False
     level: str = "weak"
-    options: dict[str, Any] = field(default_factory=dict)
-    forwarded: bool = False
-    """Came from another node: never forward it again."""
+    options: ClientOptions = ClientOptions()
+    """rqlite's flags, as they travel with the request when it is forwarded (transaction,
+    rendering, rewriting, and `forwarded` itself)."""
     redirect: bool = False
     """Raise NotLeader(leader) instead of forwarding (rqlite's ?redirect)."""
+
+    @property
+    def transaction(self) -> bool:
+        return self.options.transaction
+
+    @property
+    def forwarded(self) -> bool:
+        """Came from another node: never forward it again."""
+        return self.options.forwarded
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -105,55 +126,10 @@ class Request:
 
 @dataclass(slots=True)
 class Outcome:
-    results: list[Any]
+    results: list[JsonValue]
     raft_index: int = 0
     served_by: int = 0
     """Node id that executed the request."""
-
-
-@dataclass(frozen=True, slots=True)
-class RaftView:
-    """What the raft process said about itself, tolerant of key names."""
-
-    leader: int
-    term: int
-    role: str
-    commit: int
-    applied: int
-    last_index: int
-    raw: dict[str, Any]
-
-
-def parse_raft_status(status: dict[str, Any], node_id: int) -> RaftView:
-    leader = _int_of(status, "leader", "leader_id", "lead")
-    role = _role_name(status.get("role", status.get("state")))
-    if role == "Unknown" and leader:
-        role = "Leader" if leader == node_id else "Follower"
-    return RaftView(leader=leader, term=_int_of(status, "term"), role=role,
-                    commit=_int_of(status, "commit", "commit_index"),
-                    applied=_int_of(status, "applied", "applied_index"),
-                    last_index=_int_of(status, "last_index", "last_log_index"), raw=status)
-
-
-def _int_of(status: dict[str, Any], *keys: str) -> int:
-    for key in keys:
-        value = status.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return 0
-
-
-def _role_name(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            value = Role(value).name
-        except ValueError:
-            return "Unknown"
-    if not isinstance(value, str):
-        return "Unknown"
-    key = value.lower().replace("_", "").replace("-", "")
-    return {"leader": "Leader", "follower": "Follower", "candidate": "Candidate",
-            "precandidate": "Candidate", "shutdown": "Shutdown"}.get(key, value)
 
 
 class LeaderCache:
@@ -232,10 +208,10 @@ class Service:
         would put a different database on every node, and a flag that exists to skip a
         parser (zraft's rewriter is a lexer; it cannot fail on SQL it does not understand)
         is no reason to accept that. norwrandom / norwtime remain the explicit way to do so."""
-        if read_only and req.options.get("noparse"):
+        if read_only and req.options.noparse:
             return list(req.statements)
-        rand = not req.options.get("norwrandom")
-        tm = not req.options.get("norwtime")
+        rand = not req.options.norwrandom
+        tm = not req.options.norwtime
         try:
             return [Statement(rewrite(s.sql, random=rand, time=tm), s.params) for s in req.statements]
         except RewriteError as exc:
@@ -254,7 +230,7 @@ class Service:
                         raise
                     continue  # leadership moved; nothing was appended, so ask again
             self.leader_cache.update(self.node_id, term)
-            result = await self.store.wait_applied(index, term, req.remaining(), self._options(req))
+            result = await self.store.wait_applied(index, term, req.remaining(), req.options.render)
             return Outcome(_results(result), index, self.node_id)
         raise NotLeader(LEADER_NOT_FOUND)  # pragma: no cover - the loop always returns or raises
 
@@ -267,14 +243,12 @@ class Service:
 
     async def _forward_execute(self, leader: int, req: Request) -> Outcome:
         peer = self._peer(leader)
-        results, index = await peer.execute(to_wire(req.statements), req.transaction,
-                                            req.remaining(), self._options(req, forwarded=True))
+        results, index = await peer.execute(req.statements, req.remaining(), _forwarded(req))
         return Outcome(results, index, leader)
 
     async def _forward_query(self, leader: int, req: Request) -> Outcome:
         peer = self._peer(leader)
-        results, index = await peer.query(to_wire(req.statements), req.level, req.remaining(),
-                                          self._options(req, forwarded=True))
+        results, index = await peer.query(req.statements, req.level, req.remaining(), _forwarded(req))
         return Outcome(results, index, leader)
 
     def _peer(self, node_id: int) -> PeerClient:
@@ -282,15 +256,6 @@ class Service:
         if peer is None:
             raise NotLeader(LEADER_NOT_FOUND)
         return peer
-
-    def _options(self, req: Request, forwarded: bool = False) -> dict[str, Any]:
-        options = {k: v for k, v in req.options.items() if k in STORE_OPTIONS}
-        if req.transaction:
-            options["transaction"] = True
-        if forwarded:
-            options["forwarded"] = True
-            options.update({k: True for k in REWRITE_OPTIONS if req.options.get(k)})
-        return options
 
     # == reads =================================================================================
     async def query(self, req: Request) -> Outcome:
@@ -326,8 +291,7 @@ class Service:
         return await self._local_query(req, index)
 
     async def _local_query(self, req: Request, min_applied: int) -> Outcome:
-        results = await self.store.query(to_wire(req.statements), min_applied, req.remaining(),
-                                         self._options(req))
+        results = await self.store.query(req.statements, min_applied, req.remaining(), req.options.query)
         return Outcome(results, 0, self.node_id)
 
     # == cluster state =========================================================================
@@ -337,16 +301,17 @@ class Service:
             cached = self.leader_cache.fresh()
             if cached is not None:
                 return cached
-        return (await self.raft_view(timeout)).leader
+        return (await self.raft_status(timeout)).leader
 
-    async def raft_view(self, timeout: float) -> RaftView:
-        view = parse_raft_status(await self.raft.status(timeout), self.node_id)
-        self.leader_cache.update(view.leader, view.term)
-        return view
+    async def raft_status(self, timeout: float) -> RaftStatus:
+        """The raft process's status; what it says of the leader refreshes the cache."""
+        status = await self.raft.status(timeout)
+        self.leader_cache.update(status.leader, status.term)
+        return status
 
     async def status_document(self) -> dict[str, Any]:
         """rqlite-like /status: os, runtime, build, http, node and store (with raft) sections."""
-        raft, store = await asyncio.gather(self.raft_view(STATUS_TIMEOUT_S),
+        raft, store = await asyncio.gather(self.raft_status(STATUS_TIMEOUT_S),
                                            self.store.status(STATUS_TIMEOUT_S),
                                            return_exceptions=True)
         return {
@@ -368,28 +333,33 @@ class Service:
                 "current_time": now.isoformat(),
                 "uptime": f"{time.monotonic() - self._started_mono:.3f}s"}
 
-    def _store_section(self, raft: RaftView | BaseException, store: dict[str, Any] | BaseException
+    def _store_section(self, raft: RaftStatus | BaseException, store: StoreStatus | BaseException
                        ) -> dict[str, Any]:
+        """rqlite's `store` section. The node has one applied index, the store's
+        (StoreStatus.applied): `raft.applied_index`, `raft.applied`, `fsm_index`,
+        `db_applied_index` and `fsm.applied` all show it (0 in `raft`, and absent elsewhere,
+        while the store does not answer)."""
         me = self.config.me()
         section: dict[str, Any] = {
             "node_id": str(self.node_id), "addr": _strip_scheme(me.raft), "dir": str(self.config.data_dir),
             "nodes": [{"id": str(p.id), "addr": _strip_scheme(p.raft)} for p in self.config.peers],
         }
-        if isinstance(raft, RaftView):
+        applied = store.applied if isinstance(store, StoreStatus) else 0
+        if isinstance(raft, RaftStatus):
             leader = self.config.peer(raft.leader)
             section["leader"] = {"node_id": str(raft.leader) if raft.leader else "",
                                  "addr": _strip_scheme(leader.raft) if leader else ""}
             section["ready"] = bool(raft.leader)
-            section["raft"] = {**raft.raw, "state": raft.role, "term": raft.term,
-                               "commit_index": raft.commit, "applied_index": raft.applied,
+            section["raft"] = {**_raft_fields(raft), "applied": applied,
+                               "state": ROLE_NAMES.get(raft.role, raft.role), "term": raft.term,
+                               "commit_index": raft.commit, "applied_index": applied,
                                "last_log_index": raft.last_index, "voter": True,
                                "num_peers": len(self.config.peers) - 1}
         else:
             section["ready"] = False
             section["raft"] = {"error": _describe(raft)}
-        if isinstance(store, dict):
-            applied = _int_of(store, "applied", "applied_index")
-            section.update(open=True, fsm_index=applied, db_applied_index=applied, fsm=store)
+        if isinstance(store, StoreStatus):
+            section.update(open=True, fsm_index=applied, db_applied_index=applied, fsm=_store_fields(store))
         else:
             section.update(open=False, fsm={"error": _describe(store)})
         return section
@@ -454,18 +424,18 @@ class Service:
             raise ApiError(STALE_READ)
         if not strict:
             return
-        lag = (await self.store.status(min(timeout, STATUS_TIMEOUT_S))).get("lag_ms")
-        if not isinstance(lag, int) or isinstance(lag, bool) or lag > freshness * 1000:
+        lag = (await self.store.status(min(timeout, STATUS_TIMEOUT_S))).lag_ms
+        if lag is None or lag > freshness * 1000:
             raise ApiError(STALE_READ)  # None: behind since before the store (re)started
 
     async def sync_check(self, timeout: float) -> tuple[bool, str]:
         """rqlite /readyz?sync: wait until this node has applied the commit index it knows of now."""
         deadline = time.monotonic() + timeout
         try:
-            target = (await self.raft_view(min(timeout, STATUS_TIMEOUT_S))).commit
+            target = (await self.raft_status(min(timeout, STATUS_TIMEOUT_S))).commit
             while True:
                 store = await self.store.status(min(max(deadline - time.monotonic(), 0.01), STATUS_TIMEOUT_S))
-                if _int_of(store, "applied", "applied_index") >= target:
+                if store.applied >= target:
                     return True, "[+]sync ok\n"
                 if time.monotonic() >= deadline:
                     return False, "[+]sync timeout\n"
@@ -486,7 +456,7 @@ class Service:
             return False, text + "[+]leader does not exist\n"
         text += "[+]leader ok\n"
         try:
-            await self.store.query([["SELECT 1", None]], 0, STATUS_TIMEOUT_S, {})
+            await self.store.query([Statement("SELECT 1")], 0, STATUS_TIMEOUT_S, QueryOptions())
         except ApiError as exc:
             return False, text + f"[+]store not ready: {exc.message}\n"
         return True, text + "[+]store ok\n[+]db ok\n"
@@ -499,15 +469,40 @@ def _command(statements: list[Statement], transaction: bool, read_only: bool = F
         raise BadRequest(str(exc)) from None
 
 
-def _results(result: Any) -> list[Any]:
+def _forwarded(req: Request) -> ClientOptions:
+    """The options a request travels with to the leader: all of its flags, marked as
+    forwarded so that the leader never forwards it again."""
+    return replace(req.options, forwarded=True)
+
+
+def _results(result: JsonValue) -> list[JsonValue]:
     """The store's per-statement result list (a bare list, or a {"results": [...]} object)."""
-    if isinstance(result, dict) and isinstance(result.get("results"), list):
-        if result.get("error"):
-            raise ApiError(str(result["error"]))
-        return list(result["results"])
+    if isinstance(result, dict):
+        results = result.get("results")
+        if isinstance(results, list):
+            if result.get("error"):
+                raise ApiError(str(result["error"]))
+            return list(results)
     if isinstance(result, list):
         return result
     return [result]
+
+
+def _raft_fields(status: RaftStatus) -> dict[str, Any]:
+    """RaftStatus as the `store.raft` keys it has always had: every field but the message
+    id, `progress` only on a leader."""
+    doc = {f.name: getattr(status, f.name) for f in fields(status) if f.name not in ("id", "progress")}
+    if status.role == "leader":
+        doc["progress"] = {node: asdict(p) for node, p in status.progress.items()}
+    return doc
+
+
+def _store_fields(status: StoreStatus) -> dict[str, Any]:
+    """StoreStatus as `store.fsm` has always shown it: every field but the message id, with
+    the counters flattened in beside them."""
+    doc: dict[str, Any] = {f.name: getattr(status, f.name) for f in fields(status)
+                           if f.name not in ("id", "stats")}
+    return {**doc, **status.stats}
 
 
 def _strip_scheme(address: str) -> str:

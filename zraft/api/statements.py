@@ -1,32 +1,38 @@
-"""Statements in, statements out: rqlite request bodies and the `[sql, params]` wire pairs.
+"""Statements in from clients: rqlite request bodies, native client statements, and the
+request-level checks on them.
 
 Rules of this module:
 - it validates everything that comes from outside and raises BadRequest with rqlite's
-  messages ("invalid request", "no statements", "unsupported type"); it never touches I/O;
+  messages ("invalid request", "no statements", "too many statements", "unsupported type");
+  it never touches I/O;
 - rqlite's body forms (`rqlite:http/request_parser.go`): an element is a SQL string, or a
   list whose first item is the SQL and whose other items are positional parameters or
   objects of named parameters;
 - parameter values map like rqlite's `makeParameter`: integers outside int64 become floats,
   a string `x'0A1B'` is a BLOB, a list of integers 0..255 is a BLOB, anything else that is
   not a JSON scalar is "unsupported type";
-- on the wire between zraft processes (ClientExecute, ClientQuery, Query) a statement is
-  `[sql, params]` with params a list, an object or null, and a BLOB is `{"b64": "..."}`,
-  the tagging `zraft.store.command` uses in log entries.
+- between zraft processes and nodes statements travel as `zraft.wire.sql.Statement`, which
+  the codec encodes and validates (BLOBs as `{"b64": ...}`, decoded only by
+  zraft.wire.sql); a native request's statements arrive decoded, and only their number is
+  checked here (`check_count`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from zraft.api.errors import BadRequest
-from zraft.store.command import Params, ParamValue, Statement
+from zraft.wire.sql import Params, ParamValue, Statement
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 _HEX_BLOB = re.compile(r"[xX]'((?:[0-9a-fA-F]{2})*)'")
+_DISALLOWED_PRAGMA = re.compile(
+    r"^\s*PRAGMA\s+(?:[\w\"`\[\]]+\s*\.\s*)?[\"`\[]?"
+    r"(?:(?:journal_mode|wal_autocheckpoint|synchronous|query_only)[\"`\]]?\s*=|wal_checkpoint)",
+    re.IGNORECASE)
 
 
 # == rqlite HTTP bodies =======================================================================
@@ -34,11 +40,16 @@ def parse_body(doc: Any, max_statements: int) -> list[Statement]:
     """The statements of a decoded JSON request body."""
     if not isinstance(doc, list):
         raise BadRequest("invalid request")
-    if not doc:
-        raise BadRequest("no statements")
-    if len(doc) > max_statements:
-        raise BadRequest(f"too many statements: {len(doc)} > {max_statements}")
+    check_count(doc, max_statements)
     return [_parse_element(element) for element in doc]
+
+
+def check_count(statements: Sequence[object], max_statements: int) -> None:
+    """rqlite's bounds on one request: at least one statement, at most `max_statements`."""
+    if not statements:
+        raise BadRequest("no statements")
+    if len(statements) > max_statements:
+        raise BadRequest(f"too many statements: {len(statements)} > {max_statements}")
 
 
 def _parse_element(element: Any) -> Statement:
@@ -87,80 +98,25 @@ def _parse_value(value: Any) -> ParamValue:
     raise BadRequest(f"unsupported type: {type(value).__name__}")
 
 
-# == [sql, params] wire pairs ================================================================
-def to_wire(statements: list[Statement]) -> list[Any]:
-    """Statements as JSON-ready `[sql, params]` pairs."""
-    return [[s.sql, _params_to_wire(s.params)] for s in statements]
-
-
-def _params_to_wire(params: Params) -> Any:
-    if params is None:
-        return None
-    if isinstance(params, dict):
-        return {k: _value_to_wire(v) for k, v in params.items()}
-    return [_value_to_wire(v) for v in params]
-
-
-def _value_to_wire(value: ParamValue) -> Any:
-    if isinstance(value, bytes):
-        return {"b64": base64.b64encode(value).decode("ascii")}
-    return value
-
-
-def from_wire(raw: Any, max_statements: int) -> list[Statement]:
-    """Validate `[sql, params]` pairs (a bare SQL string is accepted too)."""
-    if not isinstance(raw, list) or not raw:
-        raise BadRequest("no statements")
-    if len(raw) > max_statements:
-        raise BadRequest(f"too many statements: {len(raw)} > {max_statements}")
-    return [_statement_from_wire(item) for item in raw]
-
-
-def _statement_from_wire(item: Any) -> Statement:
+# == native Python clients ====================================================================
+def normalize_client_statement(item: Any) -> Statement:
+    """A native client's statement (`"sql"`, `("sql", params)`, or rqlite's
+    `["sql", p1, p2]` / `["sql", {"name": v}]`), with rqlite's value rules; used by
+    zraft.client."""
     if isinstance(item, str):
         return Statement(item)
-    if not isinstance(item, list) or not 1 <= len(item) <= 2 or not isinstance(item[0], str):
-        raise BadRequest("invalid request: a statement is [sql, params]")
-    params = item[1] if len(item) == 2 else None
-    if params is None:
-        return Statement(item[0])
-    if isinstance(params, list):
-        return Statement(item[0], [_value_from_wire(v) for v in params])
-    if isinstance(params, dict):
-        return Statement(item[0], {str(k): _value_from_wire(v) for k, v in params.items()})
-    raise BadRequest("invalid request: params must be a list, an object or null")
-
-
-def _value_from_wire(value: Any) -> ParamValue:
-    if isinstance(value, dict):
-        blob = value.get("b64")
-        if len(value) != 1 or not isinstance(blob, str):
-            raise BadRequest("unsupported type: a parameter object must be {'b64': ...}")
-        try:
-            return base64.b64decode(blob, validate=True)
-        except binascii.Error:
-            raise BadRequest("unsupported type: invalid base64 BLOB") from None
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return value
-    raise BadRequest(f"unsupported type: {type(value).__name__}")
-
-
-def normalize_client_statement(item: Any) -> list[Any]:
-    """A native client's statement (`"sql"`, `("sql", params)`, or rqlite's
-    `["sql", p1, p2]` / `["sql", {"name": v}]`) as a wire pair; used by zraft.client."""
-    if isinstance(item, str):
-        return [item, None]
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and (
         item[1] is None or isinstance(item[1], list | dict | tuple)
     ):
         params = list(item[1]) if isinstance(item[1], tuple) else item[1]
-        statement = Statement(item[0], _parse_params([params]) if isinstance(params, dict)
-                              else _parse_params(params) if params else None)
-        pair: list[Any] = to_wire([statement])[0]
-        return pair
+        return Statement(item[0], _parse_params([params]) if isinstance(params, dict)
+                         else _parse_params(params) if params else None)
     if isinstance(item, list | tuple) and item and isinstance(item[0], str):
-        pair = to_wire([Statement(item[0], _parse_params(list(item[1:])))])[0]
-        return pair
+        return Statement(item[0], _parse_params(list(item[1:])))
     raise BadRequest("invalid request: a statement is a SQL string or [sql, params...]")
+
+
+# == request-level checks =====================================================================
+def disallowed_pragma(sql: str) -> bool:
+    """rqlite's request-level check (db/state.go): PRAGMAs that would break the node."""
+    return any(_DISALLOWED_PRAGMA.match(part) for part in sql.split(";"))

@@ -9,7 +9,12 @@ Plain pyzmq sockets are driven by `loop.add_reader(socket FD)` (perf-baseline.md
   still queued locally when its deadline passes is never sent (no stale proposal goes out);
 - DEALERs use IMMEDIATE=1, so nothing queues for a peer that is not connected and nothing stale
   is replayed when it comes back;
-- sockets close with LINGER=0. All objects belong to the event loop that made them.
+- sockets come from zraft.transport.sockets (api_dealer, api_server, api_subscriber), which
+  says why each option is set; they close with LINGER=0. All objects belong to the event loop
+  that made them;
+- the codec validates every message it decodes, so replies and batch rows are used as they
+  come; what does not decode is dropped and counted, and answered (a request) or failed at
+  once (a reply) when its `id` could still be read.
 
 Typed wrappers (ZmqRaftClient, ZmqStoreClient, ZmqPeerClient) turn replies into values and
 wire `Error`s into zraft.api.errors exceptions; they satisfy the Protocols in service.py.
@@ -22,33 +27,45 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import zmq
 
 from zraft.api.errors import ApiError, Timeout, Unavailable, from_wire
-from zraft.transport.sockets import bind
+from zraft.transport.sockets import api_dealer, api_server, api_subscriber
 from zraft.wire import RemoteProtocolError, WireMessage, decode, encode
 from zraft.wire.messages import (
+    Appended,
     AppliedResult,
     AppliedResultBatch,
+    AppliedRow,
+    BatchedWait,
     ClientExecute,
+    ClientOptions,
     ClientQuery,
     ClientResults,
     Error,
+    ErrorCode,
+    JsonObject,
+    JsonValue,
     Propose,
     ProposeBatch,
     Proposed,
     ProposedBatch,
     Query,
+    QueryOptions,
     QueryResult,
+    RaftStatus,
     ReadIndex,
     ReadIndexReply,
+    RenderOptions,
     StatusReply,
     StatusRequest,
+    StoreStatus,
     WaitApplied,
     WaitAppliedBatch,
 )
+from zraft.wire.sql import Statement
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +76,8 @@ M = TypeVar("M", bound=WireMessage)
 
 BATCH = 256
 """Messages handled per wake-up before yielding to the loop."""
-HWM = 100_000
 RETRY_SEND_S = 0.02
 """How often a request queued behind a full or unconnected socket retries its send."""
-
-
-def _dealer(ctx: Context, address: str) -> Socket:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IMMEDIATE, 1)
-    sock.setsockopt(zmq.SNDHWM, HWM)
-    sock.setsockopt(zmq.RCVHWM, HWM)
-    sock.setsockopt(zmq.RECONNECT_IVL, 100)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-    if address.startswith("tcp://"):
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-    sock.connect(address)
-    return sock
 
 
 class _Pump:
@@ -144,7 +145,7 @@ class AsyncRpcClient(_Pump):
         self._queued: list[tuple[int, Propose | WaitApplied, float]] = []
         self._flush_scheduled = False
         self._batches: dict[int, list[int]] = {}  # ProposeBatch id -> its requests' ids
-        super().__init__(_dealer(ctx, address), loop or asyncio.get_running_loop())
+        super().__init__(api_dealer(ctx, address), loop or asyncio.get_running_loop())
 
     async def call(self, msg: WireMessage, timeout: float) -> WireMessage:
         """Send `msg` stamped with a fresh id; its reply, or Timeout after `timeout` seconds."""
@@ -217,8 +218,8 @@ class AsyncRpcClient(_Pump):
                 self._loop.call_later(max(t for _, _, t in group) + 1.0, self._batches.pop, batch_id, None)
             else:
                 batch = WaitAppliedBatch(id=batch_id, requests=[
-                    [m.id, m.index, m.term, m.timeout_ms, m.options]
-                    for _, m in ((r, cast(WaitApplied, m)) for r, m, _ in group)])
+                    BatchedWait(w.id, w.index, w.term, w.timeout_ms, w.options)
+                    for w in (cast(WaitApplied, m) for _, m, _ in group)])
             if self._outbox or not self._send(encode(batch)):
                 # Slow path (peer not connected or full): queue them one by one, so that the
                 # retry never sends a request whose deadline has passed.
@@ -233,44 +234,38 @@ class AsyncRpcClient(_Pump):
             self._arm_retry()
 
     def _resolve_batch(self, msg: ProposedBatch) -> None:
+        """Each row answers the request at its position in the batch."""
         ids = self._batches.pop(msg.id, None)
         if ids is None:
             self.dropped += 1  # a late reply to an abandoned batch
             return
-        rows = msg.results if len(msg.results) == len(ids) else [None] * len(ids)
-        for request_id, row in zip(ids, rows):
-            future = self._pending.get(request_id)
-            if future is None or future.done():
-                self.dropped += 1
-                continue
-            reply: WireMessage
-            if (isinstance(row, list) and len(row) == 2
-                    and all(isinstance(v, int) and not isinstance(v, bool) for v in row)):
-                reply = Proposed(request_id, row[0], row[1])
-            elif (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str)
-                  and isinstance(row[1], str) and isinstance(row[2], int)):
-                reply = Error(request_id, row[0], row[1], row[2])
+        if len(msg.results) != len(ids):
+            self._fail(ids, f"{len(msg.results)} answers to a batch of {len(ids)} from {self.address}")
+            return
+        for request_id, row in zip(ids, msg.results):
+            if isinstance(row, Appended):
+                self._settle(request_id, Proposed(request_id, row.index, row.term))
             else:
-                reply = Error(request_id, "internal", f"malformed batch reply from {self.address}")
-            future.set_result(reply)
+                self._settle(request_id, Error(request_id, row.code, row.message, row.leader))
 
     def _resolve_applied(self, msg: AppliedResultBatch) -> None:
+        """Each row names the request it answers (rows of one batch may come in several)."""
         for row in msg.rows:
-            if not isinstance(row, list) or len(row) not in (3, 4) or not isinstance(row[0], int):
-                self.dropped += 1
-                continue
-            future = self._pending.get(row[0])
-            if future is None or future.done():
-                self.dropped += 1
-                continue
-            reply: WireMessage
-            if len(row) == 3 and isinstance(row[1], int):
-                reply = AppliedResult(row[0], row[1], row[2])
-            elif len(row) == 4 and isinstance(row[1], str) and isinstance(row[2], str) and isinstance(row[3], int):
-                reply = Error(row[0], row[1], row[2], row[3])
+            if isinstance(row, AppliedRow):
+                self._settle(row.id, AppliedResult(row.id, row.index, row.result))
             else:
-                reply = Error(row[0], "internal", f"malformed batch reply from {self.address}")
-            future.set_result(reply)
+                self._settle(row.id, Error(row.id, row.code, row.message, row.leader))
+
+    def _settle(self, request_id: int, reply: WireMessage) -> None:
+        future = self._pending.get(request_id)
+        if future is None or future.done():
+            self.dropped += 1  # a late reply to an abandoned request
+            return
+        future.set_result(reply)
+
+    def _fail(self, request_ids: list[int], message: str) -> None:
+        for request_id in request_ids:
+            self._settle(request_id, Error(request_id, ErrorCode.INTERNAL, message))
 
     def _send(self, frames: Frames) -> bool:
         try:
@@ -313,20 +308,29 @@ class AsyncRpcClient(_Pump):
         try:
             msg = decode(frames)
         except RemoteProtocolError as exc:
-            self.dropped += 1
-            log.warning("dropping a malformed reply from %s: %s", self.address, exc)
+            log.warning("malformed reply from %s: %s", self.address, exc)
+            self._malformed(exc)
             return
         if isinstance(msg, ProposedBatch):
             self._resolve_batch(msg)
-            return
-        if isinstance(msg, AppliedResultBatch):
+        elif isinstance(msg, AppliedResultBatch):
             self._resolve_applied(msg)
-            return
-        future = self._pending.get(getattr(msg, "id", -1))
-        if future is None or future.done():
-            self.dropped += 1  # a late reply to an abandoned request
-            return
-        future.set_result(msg)  # type: ignore[arg-type]
+        elif isinstance(msg, WireMessage):
+            self._settle(getattr(msg, "id", -1), msg)
+        else:
+            self.dropped += 1  # a Raft message: not ours
+
+    def _malformed(self, exc: RemoteProtocolError) -> None:
+        """Fail at once what a malformed reply answered, when its id could be read (an
+        AppliedResultBatch's rows name their requests, so those time out instead)."""
+        message = f"malformed reply from {self.address}: {exc}"
+        batch = self._batches.pop(exc.request_id, None) if exc.request_id is not None else None
+        if batch is not None:
+            self._fail(batch, message)
+        elif exc.request_id is not None and exc.request_id in self._pending:
+            self._fail([exc.request_id], message)
+        else:
+            self.dropped += 1
 
     def close(self) -> None:
         """Fail every request in flight with Unavailable and close the socket."""
@@ -350,16 +354,7 @@ class AsyncRpcServer(_Pump):
 
     def __init__(self, ctx: Context, address: str, handler: Handler,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.SNDHWM, HWM)
-        sock.setsockopt(zmq.RCVHWM, HWM)
-        try:
-            bind(sock, address)
-        except zmq.ZMQError:
-            sock.close(linger=0)
-            raise
+        sock = api_server(ctx, address)
         self.address = address
         self._handler = handler
         self._tasks: set[asyncio.Task[None]] = set()
@@ -373,13 +368,16 @@ class AsyncRpcServer(_Pump):
             msg = decode(body)
         except RemoteProtocolError as exc:
             self.dropped += 1
-            log.warning("dropping a malformed request on %s: %s", self.address, exc)
+            log.warning("malformed request on %s: %s", self.address, exc)
+            if exc.request_id is not None:  # the sender can be told instead of timing out
+                self._reply(envelope, Error(id=exc.request_id, code=ErrorCode.BAD_REQUEST,
+                                            message=f"malformed request: {exc}"))
             return
         if not isinstance(msg, WireMessage):
             self.dropped += 1
             return
         if not self._accepting:
-            self._reply(envelope, Error(id=getattr(msg, "id", 0), code="unavailable",
+            self._reply(envelope, Error(id=getattr(msg, "id", 0), code=ErrorCode.UNAVAILABLE,
                                         message="the api process is shutting down"))
             return
         task = self._loop.create_task(self._serve(envelope, msg))
@@ -391,7 +389,7 @@ class AsyncRpcServer(_Pump):
             reply = await self._handler(msg)
         except Exception as exc:  # a bug in a handler must not kill the endpoint
             log.exception("native request %s failed", type(msg).__name__)
-            reply = Error(id=getattr(msg, "id", 0), code="internal", message=str(exc))
+            reply = Error(id=getattr(msg, "id", 0), code=ErrorCode.INTERNAL, message=str(exc))
         self._reply(envelope, reply)
 
     def _reply(self, envelope: Frames, reply: WireMessage) -> None:
@@ -424,11 +422,7 @@ class AsyncSubscriber(_Pump):
 
     def __init__(self, ctx: Context, address: str, callback: Callable[[WireMessage], None],
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
-        sock = ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, HWM)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.connect(address)
+        sock = api_subscriber(ctx, address)
         self.address = address
         self._callback = callback
         super().__init__(sock, loop or asyncio.get_running_loop())
@@ -475,8 +469,8 @@ class ZmqRaftClient:
     async def read_index(self, timeout: float) -> int:
         return expect(await self.rpc.call(ReadIndex(id=0), timeout), ReadIndexReply).index
 
-    async def status(self, timeout: float) -> dict[str, Any]:
-        return expect(await self.rpc.call(StatusRequest(id=0), timeout), StatusReply).status
+    async def status(self, timeout: float) -> RaftStatus:
+        return expect(await self.rpc.call(StatusRequest(id=0), timeout), RaftStatus)
 
 
 class ZmqStoreClient:
@@ -485,18 +479,18 @@ class ZmqStoreClient:
     def __init__(self, rpc: AsyncRpcClient) -> None:
         self.rpc = rpc
 
-    async def wait_applied(self, index: int, term: int, timeout: float, options: dict[str, Any]) -> Any:
+    async def wait_applied(self, index: int, term: int, timeout: float, options: RenderOptions) -> JsonValue:
         msg = WaitApplied(id=0, index=index, term=term, timeout_ms=_ms(timeout), options=options)
         return expect(await self.rpc.call_batched(msg, timeout), AppliedResult).result
 
-    async def query(self, statements: list[Any], min_applied: int, timeout: float,
-                    options: dict[str, Any]) -> list[Any]:
+    async def query(self, statements: list[Statement], min_applied: int, timeout: float,
+                    options: QueryOptions) -> list[JsonValue]:
         msg = Query(id=0, statements=statements, min_applied=min_applied, timeout_ms=_ms(timeout),
                     options=options)
         return expect(await self.rpc.call(msg, timeout), QueryResult).results
 
-    async def status(self, timeout: float) -> dict[str, Any]:
-        return expect(await self.rpc.call(StatusRequest(id=0), timeout), StatusReply).status
+    async def status(self, timeout: float) -> StoreStatus:
+        return expect(await self.rpc.call(StatusRequest(id=0), timeout), StoreStatus)
 
 
 def _hop_budget(timeout: float) -> float:
@@ -510,21 +504,22 @@ class ZmqPeerClient:
     def __init__(self, rpc: AsyncRpcClient) -> None:
         self.rpc = rpc
 
-    async def execute(self, statements: list[Any], transaction: bool, timeout: float,
-                      options: dict[str, Any]) -> tuple[list[Any], int]:
-        msg = ClientExecute(id=0, statements=statements, transaction=transaction,
+    async def execute(self, statements: list[Statement], timeout: float,
+                      options: ClientOptions) -> tuple[list[JsonValue], int]:
+        """rqlite's /db/execute on that node; `options.transaction` is the request's flag."""
+        msg = ClientExecute(id=0, statements=statements, transaction=options.transaction,
                             timeout_ms=_ms(_hop_budget(timeout)), options=options)
         reply = expect(await self.rpc.call(msg, timeout), ClientResults)
         return reply.results, reply.raft_index
 
-    async def query(self, statements: list[Any], level: str, timeout: float,
-                    options: dict[str, Any]) -> tuple[list[Any], int]:
+    async def query(self, statements: list[Statement], level: str, timeout: float,
+                    options: ClientOptions) -> tuple[list[JsonValue], int]:
         msg = ClientQuery(id=0, statements=statements, level=level,
                           timeout_ms=_ms(_hop_budget(timeout)), options=options)
         reply = expect(await self.rpc.call(msg, timeout), ClientResults)
         return reply.results, reply.raft_index
 
-    async def status(self, timeout: float) -> dict[str, Any]:
+    async def status(self, timeout: float) -> JsonObject:
         return expect(await self.rpc.call(StatusRequest(id=0), timeout), StatusReply).status
 
 

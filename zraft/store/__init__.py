@@ -3,7 +3,9 @@
 Public surface:
 - ``Command``/``Statement`` and ``encode_command``/``decode_command``: the log-entry payload;
 - ``Database``: apply committed entries, answer reads, take and restore snapshots;
-- ``ApplyResult``/``render``: per-statement results in rqlite's JSON shapes.
+- ``ApplyResult``/``render``: per-statement results in rqlite's JSON shapes;
+- ``zraft.store.reads``: read-only access for any process of the node (guarded read-only
+  connections, and the one read/write classifier).
 """
 
 from __future__ import annotations

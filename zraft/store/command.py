@@ -20,13 +20,12 @@ Wire form (orjson, UTF-8 JSON object)::
 
 from __future__ import annotations
 
-import base64
-import binascii
-import math
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import orjson
+
+from zraft.wire.sql import Params, ParamValue, Statement, decode_params, encode_params
 
 COMMAND_VERSION = 1
 """Version of an ordinary command. Bump it only with a decoder for the old one."""
@@ -35,9 +34,6 @@ READ_ONLY_VERSION = 2
 version 1 refuses it instead of running it as a write; version 1 payloads stay unchanged."""
 _KNOWN_VERSIONS = (COMMAND_VERSION, READ_ONLY_VERSION)
 
-ParamValue: TypeAlias = int | float | str | bytes | bool | None
-Params: TypeAlias = list[ParamValue] | dict[str, ParamValue] | None
-
 
 class CommandError(ValueError):
     """A command could not be encoded, or a payload is not a valid command."""
@@ -45,14 +41,6 @@ class CommandError(ValueError):
 
 class UnsupportedCommandVersion(CommandError):
     """The payload was written by a build that uses a command version this one cannot read."""
-
-
-@dataclass(frozen=True, slots=True)
-class Statement:
-    """One SQL statement and its parameters (positional list, named dict, or none)."""
-
-    sql: str
-    params: Params = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,52 +94,23 @@ def decode_command(data: bytes) -> Command:
 
 def _encode_stmt(stmt: Statement) -> dict[str, Any]:
     out: dict[str, Any] = {"sql": stmt.sql}
-    if isinstance(stmt.params, list):
-        out["params"] = [_encode_value(v) for v in stmt.params]
-    elif isinstance(stmt.params, dict):
-        out["params"] = {str(k): _encode_value(v) for k, v in stmt.params.items()}
-    elif stmt.params is not None:
-        raise CommandError(f"params must be a list, a dict or None, not {type(stmt.params).__name__}")
+    try:
+        params = encode_params(stmt.params)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if params is not None:
+        out["params"] = params
     return out
-
-
-def _encode_value(value: object) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, float) and not math.isfinite(value):
-        raise CommandError(f"non-finite float parameter {value!r} cannot be replicated")
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    raise CommandError(f"unsupported parameter type {type(value).__name__}")
-
-
-def decode_statement(raw: object) -> Statement:
-    """One statement in its wire form ({"sql", "params"}, BLOBs as {"b64": ...}); CommandError if invalid."""
-    return _decode_stmt(raw)
 
 
 def _decode_stmt(raw: object) -> Statement:
     if not isinstance(raw, dict) or not isinstance(raw.get("sql"), str):
         raise CommandError("each statement must be an object with a string 'sql'")
-    params = raw.get("params")
-    if params is None:
-        return Statement(raw["sql"], None)
-    if isinstance(params, list):
-        return Statement(raw["sql"], [_decode_value(v) for v in params])
-    if isinstance(params, dict):
-        return Statement(raw["sql"], {k: _decode_value(v) for k, v in params.items()})
-    raise CommandError("statement 'params' must be a list or an object")
+    try:
+        return Statement(raw["sql"], decode_params(raw.get("params")))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
-def _decode_value(value: object) -> ParamValue:
-    if isinstance(value, dict):
-        blob = value.get("b64")
-        if len(value) != 1 or not isinstance(blob, str):
-            raise CommandError("a parameter object must be exactly {'b64': <base64 string>}")
-        try:
-            return base64.b64decode(blob, validate=True)
-        except binascii.Error as exc:
-            raise CommandError(f"invalid base64 BLOB parameter: {exc}") from exc
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    raise CommandError(f"unsupported parameter value {value!r}")
+__all__ = ["COMMAND_VERSION", "Command", "CommandError", "ParamValue", "Params", "Statement",
+           "UnsupportedCommandVersion", "decode_command", "encode_command"]

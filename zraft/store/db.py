@@ -11,11 +11,9 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from types import TracebackType
 
 import apsw
-import apsw.ext
 
 from zraft.store import meta, snapshot
 from zraft.store.apply import Applier, ApplyResult
@@ -23,6 +21,8 @@ from zraft.store.command import Command, Statement, decode_command
 from zraft.store.execute import execute_to_result
 from zraft.store.guard import Guard
 from zraft.store.meta import META_TABLE, MetaState
+from zraft.store.reads import Reader, open_reader
+from zraft.store.reads import is_read_only as _is_read_only
 from zraft.store.results import Result, render
 
 _BUSY_TIMEOUT_MS = 5_000
@@ -39,12 +39,6 @@ class StoreError(Exception):
     """The store cannot do what was asked: a malformed batch, or a file it cannot use."""
 
 
-@dataclass(slots=True)
-class _Reader:
-    conn: apsw.Connection
-    guard: Guard
-
-
 class Database:
     """A node's SQLite database: replicated writes via apply_entries, local reads via query.
 
@@ -56,7 +50,7 @@ class Database:
         self._path = os.fspath(path)
         self._write_lock = threading.Lock()
         self._pool_lock = threading.Lock()
-        self._idle: list[_Reader] = []
+        self._idle: list[Reader] = []
         self._closed = False
         self._max_idle = max_idle_readers
         self._guard = Guard()
@@ -176,7 +170,7 @@ class Database:
         return index, [render(r, associative=associative, blob_array=blob_array, query=True) for r in raw]
 
     @staticmethod
-    def _timed(reader: _Reader, stmt: Statement, timeout_s: float | None, qualify: bool) -> Result:
+    def _timed(reader: Reader, stmt: Statement, timeout_s: float | None, qualify: bool) -> Result:
         if not timeout_s:
             return execute_to_result(reader.conn, reader.guard, stmt, read_only=True, qualify=qualify)
         deadline = time.monotonic() + timeout_s
@@ -187,49 +181,30 @@ class Database:
             reader.conn.set_progress_handler(None)
 
     def is_read_only(self, sql: str) -> bool:
-        """SQLite's own verdict (sqlite3_stmt_readonly) on every statement in ``sql``.
-
-        EXPLAIN counts as read-only. A statement that does not compile counts as a write, as
-        in rqlite: it is then sent through the log, where it fails with the real message.
-        """
+        """SQLite's own verdict on every statement in ``sql`` (zraft.store.reads.is_read_only:
+        EXPLAIN is a read, a statement that does not compile is a write), on a pooled reader."""
         with self._reader() as reader:
-            rest: str | None = sql
-            while rest and rest.strip():
-                try:
-                    info = apsw.ext.query_info(reader.conn, rest)
-                except apsw.Error:
-                    return False
-                if not (info.is_readonly or info.is_explain):
-                    return False
-                rest = info.query_remaining
-        return True
+            return _is_read_only(reader.conn, sql)
 
     @contextmanager
-    def _reader(self) -> Iterator[_Reader]:
+    def _reader(self) -> Iterator[Reader]:
         with self._pool_lock:
             reader = self._idle.pop() if self._idle else None
-        reader = reader or self._open_reader()
+        reader = reader or open_reader(self._path)
         try:
             yield reader
         finally:
             self._release(reader)
 
-    def _release(self, reader: _Reader) -> None:
+    def _release(self, reader: Reader) -> None:
         with self._pool_lock:
             if not self._closed and len(self._idle) < self._max_idle and reader.conn.get_autocommit():
                 self._idle.append(reader)
                 return
         reader.conn.close()
 
-    def _open_reader(self) -> _Reader:
-        conn = apsw.Connection(self._path, flags=apsw.SQLITE_OPEN_READONLY)
-        conn.set_busy_timeout(_BUSY_TIMEOUT_MS)
-        guard = Guard()
-        conn.authorizer = guard
-        return _Reader(conn, guard)
-
     @contextmanager
-    def _read_transaction(self, reader: _Reader) -> Iterator[None]:
+    def _read_transaction(self, reader: Reader) -> Iterator[None]:
         _internal(reader, "BEGIN")
         # Start the read transaction now and load the schema it sees, so that user statements
         # are compiled (and report declared types) against it, not a stale cached schema.
@@ -289,7 +264,7 @@ class Database:
             source.close()
 
 
-def _internal(reader: _Reader, sql: str) -> None:
+def _internal(reader: Reader, sql: str) -> None:
     with reader.guard.trusted():
         reader.conn.execute(sql, can_cache=False)
 

@@ -11,6 +11,9 @@ Rules of this package:
 from zraft.transport.peers import PeerLinks, coalesce
 from zraft.transport.rpc import RpcClient, RpcTimeout
 from zraft.transport.sockets import (
+    api_dealer,
+    api_server,
+    api_subscriber,
     bind,
     peer_dealer,
     peer_inbox,
@@ -23,6 +26,6 @@ from zraft.transport.sockets import (
 )
 
 __all__ = [
-    "PeerLinks", "RpcClient", "coalesce", "RpcTimeout", "bind", "peer_dealer", "peer_inbox", "publisher",
-    "recv_batch", "rpc_dealer", "rpc_server", "send_nowait", "subscriber",
+    "PeerLinks", "RpcClient", "coalesce", "RpcTimeout", "api_dealer", "api_server", "api_subscriber", "bind",
+    "peer_dealer", "peer_inbox", "publisher", "recv_batch", "rpc_dealer", "rpc_server", "send_nowait", "subscriber",
 ]

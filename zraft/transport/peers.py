@@ -16,13 +16,13 @@ the message count, which is what costs CPU here, by an order of magnitude.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import zmq
 
-from zraft.raft.types import Message, MsgType
-from zraft.transport.sockets import from_own_address, peer_dealer, send_nowait
-from zraft.wire.codec import encode
+from zraft.raft.types import NONE, Message, MsgType
+from zraft.transport.sockets import from_own_address, peer_dealer, peer_inbox, recv_batch, send_nowait
+from zraft.wire.codec import RemoteProtocolError, decode, encode
 
 
 class PeerLinks:
@@ -55,6 +55,63 @@ class PeerLinks:
         for sock in self._socks.values():
             sock.close(linger=0)
         self._socks.clear()
+
+
+class PeerTransport:
+    """This node's half of the Raft peer network: its inbox ROUTER (bound to its own `raft`
+    address in `addresses`) and a PeerLinks DEALER to every other peer. Owned by the raft
+    process's loop thread."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], my_id: int, addresses: Mapping[int, str],
+                 stats: Counter[str]) -> None:
+        self.my_id = my_id
+        self.inbox = peer_inbox(ctx, addresses[my_id])
+        self.links = PeerLinks(ctx, my_id, addresses, stats)
+        self._stats = stats
+
+    def receive(self, limit: int, bad: Callable[[str, str], None]) -> list[Message]:
+        """Up to `limit` valid messages from the inbox (see `receive`)."""
+        return receive(self.inbox, self.my_id, limit, bad)
+
+    def discard(self, limit: int) -> int:
+        """Drop up to `limit` waiting messages unread; how many."""
+        return len(recv_batch(self.inbox, limit))
+
+    def send(self, messages: tuple[Message, ...] | list[Message], max_bytes: int) -> None:
+        """Send what one Ready hands out, coalesced (see `coalesce`)."""
+        merged = coalesce(messages, max_bytes) if len(messages) > 1 else messages
+        self._stats["peer_coalesced"] += len(messages) - len(merged)
+        for msg in merged:
+            self.links.send(msg)
+
+    def close(self) -> None:
+        self.links.close()
+        self.inbox.close(linger=0)
+
+
+def receive(inbox: zmq.Socket[bytes], my_id: int, limit: int,
+            bad: Callable[[str, str], None]) -> list[Message]:
+    """Up to `limit` Raft messages waiting on the peer inbox (a ROUTER: frame 0 is the
+    sender's routing id, its node id in decimal). What does not decode, or is not a Raft
+    message for this node from the node whose link it came on, is reported to
+    `bad(counter, detail)` and dropped: a message is never trusted to name its own sender."""
+    out: list[Message] = []
+    for frames in recv_batch(inbox, limit):
+        if len(frames) < 2:
+            bad("peer_decode_errors", "peer message without a body")
+            continue
+        try:
+            msg = decode(frames[1:])
+        except RemoteProtocolError as exc:
+            bad("peer_decode_errors", f"undecodable peer message: {exc}")
+            continue
+        if not isinstance(msg, Message):
+            bad("peer_decode_errors", f"non-raft message {type(msg).__name__} on the peer inbox")
+        elif msg.to != my_id or msg.frm in (NONE, my_id) or frames[0] != str(msg.frm).encode():
+            bad("peer_misrouted", f"misrouted peer message {msg.frm}->{msg.to} from {frames[0]!r}")
+        else:
+            out.append(msg)
+    return out
 
 
 def coalesce(messages: Iterable[Message], max_bytes: int) -> list[Message]:

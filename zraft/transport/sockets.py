@@ -13,6 +13,9 @@ Why each option (libzmq doc/zmq_setsockopt.adoc; zguide chapters 2 and 4):
 - RPC ROUTER: ROUTER_MANDATORY=1 makes a reply to a vanished client an error we count rather
   than a silent drop.
 - ZMTP heartbeats on tcp links notice a dead connection that TCP itself would keep for minutes.
+- The api process's sockets (api_*) are driven by its asyncio loop (zraft.api.zmq_client) and
+  carry up to `api.max_in_flight` requests at once, each with its own deadline; their HWMs
+  are API_HWM so that ZeroMQ never drops what admission control has let in.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ PEER_SNDHWM = 1000
 PEER_RCVHWM = 10_000
 RPC_HWM = 10_000
 PUB_SNDHWM = 10_000
+API_HWM = 100_000
+"""Ten times the default `api.max_in_flight` (10,000): every admitted request, and a burst
+beyond it that admission answers with Busy, fits in the queues, so that a request gets an
+answer (or waits in the caller's own outbox) rather than meeting a full ZeroMQ queue."""
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
 RECONNECT_IVL_MS = 100
@@ -104,12 +111,12 @@ def peer_dealer(ctx: zmq.Context[zmq.Socket[bytes]], my_id: int, address: str) -
     return sock
 
 
-def rpc_server(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+def rpc_server(ctx: zmq.Context[zmq.Socket[bytes]], address: str, hwm: int = RPC_HWM) -> zmq.Socket[bytes]:
     """ROUTER serving request/reply RPCs from local processes (DEALER clients)."""
     sock = _base(ctx.socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    sock.setsockopt(zmq.SNDHWM, RPC_HWM)
-    sock.setsockopt(zmq.RCVHWM, RPC_HWM)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
     return bound(sock, address)
 
 
@@ -129,12 +136,62 @@ def publisher(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[b
     return bound(sock, address)
 
 
-def subscriber(ctx: zmq.Context[zmq.Socket[bytes]], address: str, prefix: bytes = b"") -> zmq.Socket[bytes]:
-    """SUB connected to a publisher, subscribed to every message (or those starting `prefix`)."""
+def subscriber(ctx: zmq.Context[zmq.Socket[bytes]], address: str, prefix: bytes = b"",
+               hwm: int | None = None) -> zmq.Socket[bytes]:
+    """SUB connected to a publisher, subscribed to every message (or those starting `prefix`);
+    `hwm` sets RCVHWM (ZeroMQ's default, 1000, otherwise)."""
     sock = _base(ctx.socket(zmq.SUB))
+    if hwm is not None:
+        sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.SUBSCRIBE, prefix)
     sock.connect(address)
     return sock
+
+
+def api_dealer(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+    """DEALER of the api process: to its raft and store processes, or to another node's native
+    endpoint. Many requests in flight, matched to replies by id; each has a deadline.
+
+    - IMMEDIATE=1: a request is queued only to a completed connection. Otherwise a request made
+      while the far process restarts would wait in the pipe and go out on reconnect after its
+      caller gave up: a stale Propose would be appended with nobody waiting for its result.
+      The caller keeps what cannot be sent and retries it until its deadline instead.
+    - SNDHWM/RCVHWM=API_HWM: see API_HWM.
+    - RECONNECT_IVL 100 ms, backing off to 1 s: a restarted raft or store process is found
+      again about 100 ms after it binds, without spinning while it stays down (requests wait
+      in the caller's outbox meanwhile, up to their deadlines).
+    - On tcp (a peer's native endpoint), ZMTP heartbeats (HEARTBEAT_IVL, HEARTBEAT_TIMEOUT)
+      close a connection to a node that vanished without a FIN, so that IMMEDIATE stops
+      queueing to it; ipc links to local processes fail with the process. No HEARTBEAT_TTL:
+      the far end is a ROUTER that only answers, and need not drop us when we are slow.
+    """
+    sock = _base(ctx.socket(zmq.DEALER))
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.SNDHWM, API_HWM)
+    sock.setsockopt(zmq.RCVHWM, API_HWM)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    if address.startswith("tcp://"):
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.connect(address)
+    return sock
+
+
+def api_server(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+    """ROUTER of the api process's native endpoint (forwarded requests from followers and
+    native clients); as rpc_server, with ROUTER_MANDATORY=1 so that a reply to a client that
+    went away is counted rather than silently dropped, but with API_HWM queues, since it takes
+    a whole cluster's forwarded load rather than one local process's requests."""
+    return rpc_server(ctx, address, API_HWM)
+
+
+def api_subscriber(ctx: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+    """SUB of the api process to its raft process's commit notices, every topic. RCVHWM=API_HWM:
+    notices are hints (who leads, in which term) and losing some is harmless, but a loop busy
+    for a moment should still find the latest ones queued rather than fall back to asking the
+    raft process on the next weak read."""
+    return subscriber(ctx, address, hwm=API_HWM)
 
 
 def send_nowait(sock: zmq.Socket[bytes], frames: Frames) -> bool:

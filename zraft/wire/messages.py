@@ -3,26 +3,68 @@
 Rules of this module:
 - each message is a slotted dataclass with a unique `KIND`; the registry refuses duplicates at
   import time, and a kind name or field meaning is never reused once shipped;
-- fields are JSON-friendly (int, str, bool, None, list, dict) except `bytes` fields, which the
-  codec carries in frames of their own, and `entries`, whose data also travel as frames;
-- new fields get defaults, so that older senders stay decodable (PROTOCOL_VERSION bumps only
-  for incompatible changes);
-- request/reply messages carry `id`, chosen by the requester and echoed in the reply;
+- every field has a precise type, and the codec (zraft.wire.codec) validates each one on
+  decode: a message that decodes is well-formed, so no receiver re-checks shapes by hand.
+  The only free-form JSON (`JsonValue`) is what belongs to clients: SQL results
+  (`AppliedResult.result`, `AppliedRow.result`, `QueryResult.results`,
+  `ClientResults.results`) and the operator's /status document (`StatusReply.status`);
+- nested values are `Row`s (a JSON array of their fields, in order: compact, for batches)
+  or `Record`s (a JSON object, fields at their default left out: for options, where fields
+  come and go); `bytes` fields and entry data travel as frames of their own;
+- new fields get defaults, so that older senders stay decodable; receivers ignore fields they
+  do not know, so that newer senders do too (PROTOCOL_VERSION bumps only for incompatible
+  changes);
+- request/reply messages carry `id`, chosen by the requester and echoed in the reply; a
+  failed request is answered with `Error`, whose `code` is an `ErrorCode`;
 - Raft peer traffic is zraft.raft.types.Message itself (kind "raft"): the transport moves the
   core's own type, with no translation layer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Any, ClassVar, TypeAlias
+
+from zraft.raft.types import Entry
+from zraft.wire.sql import Statement
 
 PROTOCOL_VERSION = 1
 MIN_PROTOCOL_VERSION = 1
 
-Json = Any
+JsonValue: TypeAlias = "None | bool | int | float | str | Sequence[JsonValue] | Mapping[str, JsonValue]"
+"""Free-form JSON: only for what belongs to clients (SQL results, the /status document).
+Read-only container types, so that a `list[dict[str, Any]]` of results is one."""
+JsonObject: TypeAlias = "dict[str, JsonValue]"
 
 REGISTRY: dict[str, type[WireMessage]] = {}
+
+
+class ErrorCode(StrEnum):
+    """Why a request failed; zraft.api.errors maps each code to one exception class."""
+
+    INTERNAL = "internal"
+    BAD_REQUEST = "bad_request"
+    TOO_LARGE = "too_large"
+    NOT_LEADER = "not_leader"
+    UNAVAILABLE = "unavailable"
+    BUSY = "busy"
+    TIMEOUT = "timeout"
+    LEADERSHIP_LOST = "leadership_lost"
+    DISK_FULL = "disk_full"
+    NOT_APPLIED = "not_applied"
+    REJECTED = "rejected"
+    """The raft core refused a membership change (another is pending, no-op not committed)."""
+    COMPACTED = "compacted"
+    """The entries asked for are no longer in the log."""
+    RESULT_UNAVAILABLE = "result_unavailable"
+    """The entry was applied, but its result is no longer kept."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> ErrorCode:
+        """A code from a newer build reads as INTERNAL: the message still says what failed."""
+        return cls.INTERNAL
 
 
 class WireMessage:
@@ -37,6 +79,120 @@ class WireMessage:
         if cls.KIND == "raft" or (known is not None and known.__qualname__ != cls.__qualname__):
             raise TypeError(f"duplicate wire kind {cls.KIND!r}")
         REGISTRY[cls.KIND] = cls
+
+
+class Row:
+    """A value nested in a message, carried as a JSON array of its fields in order; trailing
+    fields with defaults may be left out."""
+
+
+class Record:
+    """A value nested in a message, carried as a JSON object; fields equal to their default
+    are left out, and unknown keys are ignored."""
+
+
+# == nested values ============================================================================
+@dataclass(slots=True)
+class Appended(Row):
+    """One row of ProposedBatch: the payload is in the leader's log at (index, term)."""
+
+    index: int
+    term: int
+
+
+@dataclass(slots=True)
+class Refused(Row):
+    """One row of ProposedBatch: the payload was not appended, as an `Error` would say."""
+
+    code: ErrorCode
+    message: str
+    leader: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions(Record):
+    """rqlite's result-shaping flags."""
+
+    associative: bool = False
+    blob_array: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueryOptions(Record):
+    """How the store runs and renders a read."""
+
+    associative: bool = False
+    blob_array: bool = False
+    qualify_columns: bool = False
+    db_timeout_ms: int = 0
+    """rqlite's db_timeout: interrupt a statement after this long (0: no limit)."""
+
+    @property
+    def render(self) -> RenderOptions:
+        return RenderOptions(self.associative, self.blob_array)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions(Record):
+    """rqlite's request flags that travel with a client request to the node that serves it."""
+
+    associative: bool = False
+    blob_array: bool = False
+    qualify_columns: bool = False
+    db_timeout_ms: int = 0
+    transaction: bool = False
+    norwrandom: bool = False
+    norwtime: bool = False
+    noparse: bool = False
+    forwarded: bool = False
+    """Sent by a follower to the leader: never forward it again."""
+
+    @property
+    def render(self) -> RenderOptions:
+        return RenderOptions(self.associative, self.blob_array)
+
+    @property
+    def query(self) -> QueryOptions:
+        return QueryOptions(self.associative, self.blob_array, self.qualify_columns, self.db_timeout_ms)
+
+
+@dataclass(slots=True)
+class BatchedWait(Row):
+    """One row of WaitAppliedBatch: a WaitApplied of its own."""
+
+    id: int
+    index: int
+    term: int
+    timeout_ms: int
+    options: RenderOptions = RenderOptions()
+
+
+@dataclass(slots=True)
+class AppliedRow(Row):
+    """One row of AppliedResultBatch: the AppliedResult of request `id`."""
+
+    id: int
+    index: int
+    result: JsonValue
+
+
+@dataclass(slots=True)
+class FailedRow(Row):
+    """One row of AppliedResultBatch: the Error answering request `id`."""
+
+    id: int
+    code: ErrorCode
+    message: str
+    leader: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerProgress(Record):
+    """A leader's view of one follower's replication."""
+
+    match: int = 0
+    next: int = 0
+    state: str = ""
 
 
 # == client -> raft process (DEALER -> ROUTER) ===============================================
@@ -71,12 +227,11 @@ class ProposeBatch(WireMessage):
 
 @dataclass(slots=True)
 class ProposedBatch(WireMessage):
-    """The answer to a ProposeBatch, one row per payload in order: [index, term] once
-    appended, or [error_code, message, leader] as a single Propose's Error would carry."""
+    """The answer to a ProposeBatch, one row per payload in order."""
 
     KIND: ClassVar[str] = "proposed_batch"
     id: int
-    results: list[Json]
+    results: list[Appended | Refused]
 
 
 @dataclass(slots=True)
@@ -96,15 +251,74 @@ class ReadIndexReply(WireMessage):
 
 @dataclass(slots=True)
 class StatusRequest(WireMessage):
+    """Answered by the raft process with RaftStatus, by the store with StoreStatus and by the
+    api's native endpoint with StatusReply."""
+
     KIND: ClassVar[str] = "status"
     id: int
 
 
 @dataclass(slots=True)
 class StatusReply(WireMessage):
+    """The api's answer: the node's /status document, as rqlite shapes it for operators."""
+
     KIND: ClassVar[str] = "status_reply"
     id: int
-    status: dict[str, Json]
+    status: JsonObject
+
+
+@dataclass(slots=True)
+class RaftStatus(WireMessage):
+    """The raft process about itself."""
+
+    KIND: ClassVar[str] = "raft_status"
+    id: int
+    node_id: int
+    role: str
+    """"leader", "follower", "candidate" or "pre_candidate"."""
+    term: int
+    vote: int
+    leader: int
+    commit: int
+    """The last entry the store may apply here: committed and durable on this node."""
+    raft_commit: int
+    """The core's commit index, which may run ahead of what this node has on disk."""
+    first_index: int
+    last_index: int
+    voters: list[int]
+    learners: list[int]
+    epoch: int
+    """Which incarnation of the process publishes the commit notices."""
+    seq: int
+    """The last commit notice published."""
+    pending_reads: int
+    disk_full: str
+    """Why this node takes no writes ("disk full: ..."); empty when its disks are fine."""
+    vote_floor: list[int]
+    """[term, index] of the vote floor; [0, 0] when none (raft/DESIGN.md)."""
+    stats: dict[str, int] = field(default_factory=dict)
+    progress: dict[str, PeerProgress] = field(default_factory=dict)
+    """On a leader: each follower's replication, by node id."""
+
+
+@dataclass(slots=True)
+class StoreStatus(WireMessage):
+    """The store process about itself."""
+
+    KIND: ClassVar[str] = "store_status"
+    id: int
+    applied: int
+    """The node's one applied index: the last entry whose effects are in the database."""
+    known_commit: int
+    """The highest commit index of the raft process that the store has heard."""
+    lag_ms: int | None
+    """How long the applied data has trailed a commit it knew of (0: caught up; None:
+    unknown, behind since before the store started); see zraft/procs/lag.py."""
+    db_path: str
+    parked: int
+    disk_full: str
+    """Why entries cannot be applied ("disk full: ..."); empty when fine."""
+    stats: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -131,18 +345,19 @@ class FetchEntries(WireMessage):
 
 @dataclass(slots=True)
 class EntriesReply(WireMessage):
-    """Committed entries in index order; `commit` is the raft process's commit index.
-    `entries` are zraft.raft.types.Entry values; their data travel as extra frames."""
+    """Committed entries in index order; `commit` is the raft process's commit index (as
+    RaftStatus.commit). Entry data travel as frames of their own."""
 
     KIND: ClassVar[str] = "entries"
     id: int
     commit: int
-    entries: list[Any] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class ConfChangeRequest(WireMessage):
-    """Membership change: op is "add_learner", "add_voter" or "remove"."""
+    """Membership change: op is "add_learner", "add_voter" or "remove". Answered with
+    Proposed (the change's entry) or Error."""
 
     KIND: ClassVar[str] = "conf_change"
     id: int
@@ -152,6 +367,8 @@ class ConfChangeRequest(WireMessage):
 
 @dataclass(slots=True)
 class TransferLeader(WireMessage):
+    """Hand leadership to `node_id`. Answered with Ok or Error."""
+
     KIND: ClassVar[str] = "transfer_leader"
     id: int
     node_id: int
@@ -159,22 +376,21 @@ class TransferLeader(WireMessage):
 
 @dataclass(slots=True)
 class Ok(WireMessage):
-    """A generic success reply."""
+    """A success; `result` is an optional note for humans."""
 
     KIND: ClassVar[str] = "ok"
     id: int
-    result: Json = None
+    result: str | None = None
 
 
 @dataclass(slots=True)
 class Error(WireMessage):
-    """A failed request. `code` is one of zraft.errors' codes (e.g. "not_leader",
-    "timeout", "leadership_lost", "bad_request", "unavailable"); `leader` names the
-    leader's node id when known, so that the caller can forward."""
+    """A failed request. `leader` names the leader's node id when known, so that the caller
+    can forward."""
 
     KIND: ClassVar[str] = "error"
     id: int
-    code: str
+    code: ErrorCode
     message: str
     leader: int = 0
 
@@ -190,7 +406,7 @@ class WaitApplied(WireMessage):
     index: int
     term: int
     timeout_ms: int = 10_000
-    options: dict[str, Json] = field(default_factory=dict)
+    options: RenderOptions = RenderOptions()
 
 
 @dataclass(slots=True)
@@ -198,64 +414,60 @@ class AppliedResult(WireMessage):
     KIND: ClassVar[str] = "applied_result"
     id: int
     index: int
-    result: Json
+    result: JsonValue
 
 
 @dataclass(slots=True)
 class WaitAppliedBatch(WireMessage):
-    """Several WaitApplied at once: `requests` rows are [id, index, term, timeout_ms, options],
-    each answered on its own (AppliedResult or Error carrying that row's id)."""
+    """Several WaitApplied at once, each answered on its own (AppliedResult or Error carrying
+    that row's id, or gathered into an AppliedResultBatch)."""
 
     KIND: ClassVar[str] = "wait_applied_batch"
     id: int
-    requests: list[Json]
+    requests: list[BatchedWait]
 
 
 @dataclass(slots=True)
 class AppliedResultBatch(WireMessage):
     """Answers to several WaitAppliedBatch rows at once (only to a requester that sent a
-    WaitAppliedBatch): each of `rows` is [id, index, result] for an AppliedResult or
-    [id, code, message, leader] for an Error."""
+    WaitAppliedBatch)."""
 
     KIND: ClassVar[str] = "applied_result_batch"
     id: int
-    rows: list[Json]
+    rows: list[AppliedRow | FailedRow]
 
 
 @dataclass(slots=True)
 class Query(WireMessage):
-    """Run read-only statements once the store has applied at least `min_applied`.
-    `statements` are [sql, params] pairs; `options` holds rqlite's rendering flags
-    (associative, blob_array, timings)."""
+    """Run read-only statements once the store has applied at least `min_applied`."""
 
     KIND: ClassVar[str] = "query"
     id: int
-    statements: list[Json]
+    statements: list[Statement]
     min_applied: int = 0
     timeout_ms: int = 10_000
-    options: dict[str, Json] = field(default_factory=dict)
+    options: QueryOptions = QueryOptions()
 
 
 @dataclass(slots=True)
 class QueryResult(WireMessage):
     KIND: ClassVar[str] = "query_result"
     id: int
-    results: list[Json]
+    results: list[JsonValue]
     applied: int = 0
 
 
 # == native client -> api process (DEALER -> ROUTER) =========================================
 @dataclass(slots=True)
 class ClientExecute(WireMessage):
-    """rqlite's /db/execute: statements are [sql, params] pairs."""
+    """rqlite's /db/execute."""
 
     KIND: ClassVar[str] = "client_execute"
     id: int
-    statements: list[Json]
+    statements: list[Statement]
     transaction: bool = False
     timeout_ms: int = 10_000
-    # As in ClientQuery: rqlite's rendering flags; "forwarded": true marks a follower's hop.
-    options: dict[str, Json] = field(default_factory=dict)
+    options: ClientOptions = ClientOptions()
 
 
 @dataclass(slots=True)
@@ -264,17 +476,17 @@ class ClientQuery(WireMessage):
 
     KIND: ClassVar[str] = "client_query"
     id: int
-    statements: list[Json]
+    statements: list[Statement]
     level: str = "weak"
     timeout_ms: int = 10_000
-    options: dict[str, Json] = field(default_factory=dict)
+    options: ClientOptions = ClientOptions()
 
 
 @dataclass(slots=True)
 class ClientResults(WireMessage):
     KIND: ClassVar[str] = "client_results"
     id: int
-    results: list[Json]
+    results: list[JsonValue]
     raft_index: int = 0
 
 

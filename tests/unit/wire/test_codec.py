@@ -18,6 +18,19 @@ import pytest
 
 from zraft.raft.types import ConfState, Entry, EntryKind, Message, MsgType, SnapshotMeta
 from zraft.wire import PROTOCOL_VERSION, REGISTRY, RemoteProtocolError, decode, encode
+from zraft.wire.messages import (
+    Appended,
+    AppliedRow,
+    BatchedWait,
+    ClientOptions,
+    ErrorCode,
+    FailedRow,
+    PeerProgress,
+    QueryOptions,
+    Refused,
+    RenderOptions,
+)
+from zraft.wire.sql import Statement
 
 GOLDEN = Path(__file__).parent / "golden"
 REWRITE = os.environ.get("ZRAFT_REWRITE_GOLDEN") == "1"
@@ -25,20 +38,33 @@ REWRITE = os.environ.get("ZRAFT_REWRITE_GOLDEN") == "1"
 SAMPLE_VALUES: dict[str, Any] = {
     "id": 7, "data": b"\x00\x01binary\xff", "index": 42, "term": 3, "status": {"role": "leader"},
     "start": 5, "max_bytes": 1024, "commit": 9, "op": "add_voter", "node_id": 2, "result": [{"x": 1}],
-    "code": "not_leader", "message": "not the leader", "leader": 2, "timeout_ms": 500,
-    "statements": [["INSERT INTO t VALUES(?)", [1]]], "min_applied": 4, "options": {"associative": True},
+    "code": ErrorCode.NOT_LEADER, "message": "not the leader", "leader": 2, "timeout_ms": 500,
+    "statements": [Statement("INSERT INTO t VALUES(?)", [1])], "min_applied": 4,
     "results": [{"rows_affected": 1}], "applied": 4, "transaction": True, "level": "linearizable",
     "raft_index": 12, "epoch": 99, "seq": 1000, "wait_ms": 250, "linger_ms": 5, "disk_full": "disk full: /x",
-    "rows": [[7, 42, [{"rows_affected": 1}]], [8, "leadership_lost", "replaced", 0]],
+    "rows": [AppliedRow(7, 42, [{"rows_affected": 1}]), FailedRow(8, ErrorCode.LEADERSHIP_LOST, "replaced", 0)],
     "payloads": [b"\x00first", b"second\xff"],
-    "requests": [[7, 42, 3, 500, {"associative": True}], [8, 43, 3, 500, {}]],
+    "requests": [BatchedWait(7, 42, 3, 500, RenderOptions(associative=True)), BatchedWait(8, 43, 3, 500)],
     "entries": [Entry(3, 41, EntryKind.NORMAL, b"cmd"), Entry(3, 42, EntryKind.CONF, b"v=1,2;l=")],
+    "role": "leader", "vote": 1, "raft_commit": 10, "first_index": 1, "last_index": 11, "voters": [1, 2, 3],
+    "learners": [4], "pending_reads": 2, "vote_floor": [0, 0], "stats": {"syncs": 5},
+    "progress": {"2": PeerProgress(9, 10, "replicate")}, "known_commit": 9, "lag_ms": None,
+    "db_path": "/data/db.sqlite", "parked": 1,
+}
+SAMPLE_OVERRIDES: dict[tuple[str, str], Any] = {
+    ("proposed_batch", "results"): [Appended(41, 3), Refused(ErrorCode.NOT_LEADER, "not the leader", 2)],
+    ("ok", "result"): "transfer requested",
+    ("wait_applied", "options"): RenderOptions(associative=True),
+    ("query", "options"): QueryOptions(associative=True),
+    ("client_execute", "options"): ClientOptions(associative=True),
+    ("client_query", "options"): ClientOptions(associative=True),
 }
 
 
 def sample(kind: str) -> Any:
     cls = REGISTRY[kind]
-    return cls(**{f.name: SAMPLE_VALUES[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+    return cls(**{f.name: SAMPLE_OVERRIDES.get((kind, f.name), SAMPLE_VALUES.get(f.name))  # type: ignore[arg-type]
+                  for f in fields(cls)})
 
 
 RAFT_SAMPLE = Message(MsgType.APP, to=2, frm=1, term=5, log_term=4, index=10,
@@ -94,3 +120,54 @@ def test_binary_payloads_travel_in_their_own_frames() -> None:
     payload = bytes(range(256)) * 100
     frames = encode(sample("propose").__class__(id=1, data=payload))
     assert payload not in frames[0] and frames[1] == payload
+
+
+# == typed fields: validated on decode, so no receiver checks shapes by hand ==================
+def header(kind: str, **fields: Any) -> list[bytes]:
+    return [orjson.dumps({"v": 1, "k": kind, "id": 1, **fields})]
+
+
+@pytest.mark.parametrize("frames", [
+    header("wait_applied_batch", requests=[[7, "42", 3, 500, {}]]),          # a row item of the wrong type
+    header("wait_applied_batch", requests=[[7, 42, 3]]),                      # a row too short
+    header("wait_applied_batch", requests=[[7, 42, 3, 500, {}, 9]]),          # ... or too long
+    header("wait_applied_batch", requests=[[7, 42, 3, 500, {"associative": 1}]]),  # a record field's type
+    header("proposed_batch", results=[[1, "2"]]),                             # neither row of the union
+    header("applied_result_batch", rows=[[1, 2]]),
+    header("query", statements=[["SELECT ?", [{"b64": "!!"}]]]),              # bad base64
+    header("query", statements=[["SELECT ?", [{"hex": "00"}]]]),              # an object that is no BLOB
+    header("query", statements=[["SELECT 1", None, None]]),                   # not [sql, params]
+    header("query", statements=[[5, None]]),
+    header("query", statements=["SELECT 1"], options=[]),                     # a record that is no object
+    header("store_status", applied=1, known_commit=1, lag_ms="1", db_path="", parked=0, disk_full=""),
+    header("raft_status", node_id=1),                                         # required fields missing
+    header("client_results", results={"a": 1}),                              # a list field given an object
+])
+def test_typed_fields_are_validated_on_decode(frames: list[bytes]) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode(frames)
+
+
+def test_rows_records_and_enums_decode_to_their_types() -> None:
+    batch = decode(header("proposed_batch", results=[[5, 2], ["not_leader", "no", 3], ["busy", "full"]]))
+    assert batch.results == [Appended(5, 2), Refused(ErrorCode.NOT_LEADER, "no", 3),  # type: ignore[union-attr]
+                             Refused(ErrorCode.BUSY, "full", 0)]
+    query = decode(header("query", statements=[["SELECT ?", [{"b64": "AAE="}, 1.5, None]], "SELECT 2"],
+                          options={"qualify_columns": True, "from_the_future": 1}))
+    assert query.statements == [Statement("SELECT ?", [b"\x00\x01", 1.5, None]),  # type: ignore[union-attr]
+                                Statement("SELECT 2")]
+    assert query.options == QueryOptions(qualify_columns=True)  # type: ignore[union-attr]
+    error = decode(header("error", code="a_code_from_a_newer_build", message="what failed"))
+    assert error.code is ErrorCode.INTERNAL and error.message == "what failed"  # type: ignore[union-attr]
+
+
+def test_records_leave_out_fields_at_their_default() -> None:
+    frames = encode(sample("wait_applied").__class__(id=1, index=2, term=3, options=RenderOptions()))
+    assert b'"options":{}' in frames[0]
+    frames = encode(sample("client_query").__class__(id=1, statements=[], options=ClientOptions(forwarded=True)))
+    assert b'"options":{"forwarded":true}' in frames[0]
+
+
+def test_an_older_sender_without_new_fields_still_decodes() -> None:
+    fetch = decode(header("fetch", start=3))
+    assert (fetch.start, fetch.wait_ms, fetch.disk_full) == (3, 0, "")  # type: ignore[union-attr]

@@ -1,0 +1,98 @@
+"""Applying committed entries to the database, and keeping their results for the waiters.
+
+`EntryApplier` wraps zraft.store.Database for the store process:
+- each batch of entries is applied in one SQLite transaction together with the applied index
+  (zraft/store/DESIGN.md), so after a kill -9 the process resumes exactly where the file says;
+- the results of the last `results_kept` entries are kept by index, with their terms, so that
+  a WaitApplied for (index, term) learns the result or that another entry took the index;
+- a disk error while applying (SQLITE_FULL, an I/O error) ends nothing: the batch rolled back,
+  `disk_full` says why, and the same entries come back with the next fetch, DISK_RETRY_S
+  later. Recording such an error as a result would make this node diverge.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import apsw
+
+from zraft.procs.shell import Counters
+from zraft.raft import Entry, EntryKind
+from zraft.store.apply import ApplyResult
+from zraft.store.db import Database
+from zraft.wire.messages import AppliedResult, Error, ErrorCode, JsonValue, WaitApplied, WireMessage
+
+log = logging.getLogger("zraft.store")
+
+DISK_RETRY_S = 1.0
+"""A batch that failed for lack of disk space is tried again this often."""
+DISK_ERRORS = (apsw.FullError, apsw.IOError)
+"""Errors of the node's disk, not of the entry: rolled back and retried, never a result."""
+
+
+class EntryApplier:
+    """The database, its applied index, and the results of recent entries; owned by the store
+    process's loop thread."""
+
+    def __init__(self, db_path: Path, results_kept: int, stats: Counters) -> None:
+        self.db = Database(db_path)
+        self._db_path = db_path
+        self.applied = self.db.applied_index()
+        self._results: OrderedDict[int, tuple[int, ApplyResult]] = OrderedDict()
+        self._results_kept = results_kept
+        self._stats = stats
+        self.disk_full = ""
+        """Why entries cannot be applied now ("disk full: ..."); empty when fine."""
+        self._retry_at = float("-inf")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def waiting_for_disk(self, now: float) -> bool:
+        """A failed batch is not to be tried again yet."""
+        return bool(self.disk_full) and now < self._retry_at
+
+    def apply(self, entries: list[Entry], now: float) -> bool:
+        """Apply one batch; False when the disk refused it (nothing of it was applied)."""
+        batch = [(e.index, e.data if e.kind == EntryKind.NORMAL and e.data else None) for e in entries]
+        try:
+            results = self.db.apply_entries(batch)
+        except DISK_ERRORS as exc:
+            self._cannot_apply(exc, entries[0].index, now)
+            return False
+        if self.disk_full:
+            log.warning("applying again from index %d (after: %s)", entries[0].index, self.disk_full)
+            self.disk_full = ""
+        for entry, result in zip(entries, results):
+            self._results[entry.index] = (entry.term, result)
+        while len(self._results) > self._results_kept:
+            self._results.popitem(last=False)
+        self.applied = self.db.applied_index()
+        self._stats["applied_entries"] += len(entries)
+        return True
+
+    def _cannot_apply(self, exc: apsw.Error, index: int, now: float) -> None:
+        if isinstance(exc, apsw.FullError):
+            reason = f"disk full: {self._db_path}"
+        else:
+            reason = f"disk error: {self._db_path}: {exc}"
+        if reason != self.disk_full:
+            log.error("cannot apply entry %d (%s); reads go on, retrying every %.1f s",
+                      index, reason, DISK_RETRY_S)
+        self.disk_full = reason
+        self._retry_at = now + DISK_RETRY_S
+        self._stats["apply_disk_errors"] += 1
+
+    def result_of(self, wait: WaitApplied) -> WireMessage:
+        """The answer to a wait for an applied entry: its rendered result, or why not."""
+        kept = self._results.get(wait.index)
+        if kept is None:
+            return Error(wait.id, ErrorCode.RESULT_UNAVAILABLE,
+                         f"entry {wait.index} was applied but its result is no longer kept")
+        term, result = kept
+        if term != wait.term:
+            return Error(wait.id, ErrorCode.LEADERSHIP_LOST, f"entry {wait.index} was replaced by one from term {term}")
+        rendered: JsonValue = result.render(associative=wait.options.associative, blob_array=wait.options.blob_array)
+        return AppliedResult(wait.id, wait.index, rendered)

@@ -1,0 +1,115 @@
+"""Requests that change the log: proposals, membership changes and leadership transfers.
+
+Each is checked in the same order: a failing disk refuses it (DiskHealth), a follower answers
+not_leader with the leader it knows (the api forwards there), a leader with too many
+uncommitted entries answers busy (the bound on what a leader holds in memory), and only then
+does the core take it. A successful Proposed is held by the RPC server until this turn's
+AppendEntries are out (replication first), so the answer costs no extra latency.
+
+The core is passed in on every call: the raft shell rebuilds it after a failed log write.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from zraft.procs.disk_health import DiskHealth
+from zraft.procs.shell import Counters
+from zraft.raft import ConfChange, ConfChangeKind, ProposalDropped, RaftCore, Role
+from zraft.wire.messages import (
+    Appended,
+    ConfChangeRequest,
+    Error,
+    ErrorCode,
+    Ok,
+    Propose,
+    ProposeBatch,
+    Proposed,
+    ProposedBatch,
+    Refused,
+    TransferLeader,
+    WireMessage,
+)
+
+log = logging.getLogger("zraft.raft_proc")
+
+MEMBERSHIP_OPS = {
+    "add_learner": ConfChangeKind.ADD_LEARNER,
+    "add_voter": ConfChangeKind.ADD_VOTER,
+    "remove": ConfChangeKind.REMOVE,
+}
+
+
+class Proposals:
+    """Turns log-changing requests into core calls; owned by the raft process's loop thread."""
+
+    def __init__(self, node_id: int, known_nodes: frozenset[int], max_pending: int, disk: DiskHealth,
+                 stats: Counters) -> None:
+        self._node_id = node_id
+        self._known_nodes = known_nodes
+        self._max_pending = max_pending
+        self._disk = disk
+        self._stats = stats
+
+    def propose(self, core: RaftCore, req: Propose) -> WireMessage:
+        refusal = self._refusal(core, req.id)
+        if refusal is not None:
+            return refusal
+        if core.log.last_index() - core.log.committed >= self._max_pending:
+            self._stats["proposals_busy"] += 1
+            return Error(req.id, ErrorCode.BUSY, "too many uncommitted proposals", leader=core.leader)
+        try:
+            index = core.propose(req.data)
+        except ProposalDropped as exc:
+            return Error(req.id, ErrorCode.UNAVAILABLE, str(exc), leader=core.leader)
+        self._stats["proposals"] += 1
+        return Proposed(req.id, index, core.term)
+
+    def propose_batch(self, core: RaftCore, req: ProposeBatch) -> WireMessage:
+        """Each payload exactly as a Propose of its own, all appended in this turn."""
+        rows: list[Appended | Refused] = []
+        for data in req.payloads:
+            reply = self.propose(core, Propose(req.id, data))
+            if isinstance(reply, Proposed):
+                rows.append(Appended(reply.index, reply.term))
+            else:
+                assert isinstance(reply, Error)
+                rows.append(Refused(reply.code, reply.message, reply.leader))
+        return ProposedBatch(req.id, rows)
+
+    def change_membership(self, core: RaftCore, req: ConfChangeRequest) -> WireMessage:
+        kind = MEMBERSHIP_OPS.get(req.op)
+        if kind is None:
+            return Error(req.id, ErrorCode.BAD_REQUEST, f"unknown membership op {req.op!r}")
+        if kind != ConfChangeKind.REMOVE and req.node_id not in self._known_nodes:
+            return Error(req.id, ErrorCode.BAD_REQUEST, f"node {req.node_id} has no address in the configuration")
+        refusal = self._refusal(core, req.id)
+        if refusal is not None:
+            return refusal
+        try:
+            index = core.propose_conf_change(ConfChange(kind, req.node_id))
+        except ProposalDropped as exc:
+            return Error(req.id, ErrorCode.REJECTED, str(exc), leader=core.leader)
+        log.info("proposed %s of node %d at index %d", req.op, req.node_id, index)
+        return Proposed(req.id, index, core.term)
+
+    def transfer(self, core: RaftCore, req: TransferLeader) -> WireMessage:
+        if core.role != Role.LEADER:
+            return self._not_leader(core, req.id)
+        if req.node_id not in core.conf.voters:
+            return Error(req.id, ErrorCode.BAD_REQUEST, f"node {req.node_id} is not a voter")
+        core.transfer_leader(req.node_id)
+        log.info("leadership transfer to node %d requested", req.node_id)
+        return Ok(req.id)
+
+    def _refusal(self, core: RaftCore, request_id: int) -> Error | None:
+        refusal = self._disk.refusal(request_id, leading=core.role == Role.LEADER)
+        if refusal is not None:
+            return refusal
+        if core.role != Role.LEADER:
+            return self._not_leader(core, request_id)
+        return None
+
+    def _not_leader(self, core: RaftCore, request_id: int) -> Error:
+        return Error(request_id, ErrorCode.NOT_LEADER, f"node {self._node_id} is not the leader",
+                     leader=core.leader)
