@@ -38,6 +38,7 @@ from zraft.api.zmq_client import (
     ZmqStoreClient,
 )
 from zraft.config import NodeConfig
+from zraft.procs.shell import profiled
 from zraft.transport.sockets import from_own_address
 
 log = logging.getLogger(__name__)
@@ -138,10 +139,16 @@ def run(config: NodeConfig) -> int:
         uvloop: Any = importlib.import_module("uvloop")
     except ImportError:
         uvloop = None
-    try:
+    codes: list[int] = []
+
+    def serve_loop() -> None:
         if uvloop is not None:
-            return int(uvloop.run(serve(config)))
-        return asyncio.run(serve(config))
+            codes.append(int(uvloop.run(serve(config))))
+        else:
+            codes.append(asyncio.run(serve(config)))
+    try:
+        profiled(serve_loop, config.id, "api")
+        return codes[0]
     except Exception:
         log.exception("api process for node %d crashed", config.id)
         return 1

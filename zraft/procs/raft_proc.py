@@ -12,9 +12,10 @@ refuse, defer campaigns, hand leadership away), `ReadIndexWaits`, `Proposals`,
 `CommitAnnouncer`, and the shared skeleton in `shell.py`. One turn of the loop (DESIGN.md):
 poll until the next deadline; drain the peer inbox and the RPC socket (bounded); tick as
 often as due; steer by the disks; expire reads; then run the Ready cycle until the core has
-nothing left, keeping its contract to the letter: send `messages`, hand `committed_entries`
-to the EntryServer (they are durable here already), persist (one write, one fsync per Ready),
-send `messages_after_persist`, answer reads, `advance`.
+nothing left, keeping its contract to the letter: hand `committed_entries` to the EntryServer
+(they are durable here already, so a store waiting in a long poll gets them at once), send
+`messages`, persist (one write, one fsync per Ready), send `messages_after_persist`, answer
+reads, `advance`.
 
 Failures: bad input is counted and dropped; a write to the log that fails with an OSError
 rebuilds the core from the disk as a restart would and the node sits out (DiskHealth); a
@@ -198,10 +199,10 @@ class RaftProcess:
         while core.has_ready():
             rd = core.ready()
             self._observe(rd)
+            if rd.committed_entries:  # durable here and committed: a waiting store has them first
+                self.entries.commit_to(rd.committed_entries[-1].index, now)
             self.peers.send(rd.messages, self.config.raft.max_msg_bytes)
             self.rpc.release_held()  # after the AppendEntries, before the fsync
-            if rd.committed_entries:  # durable here and committed: the store may have them now
-                self.entries.commit_to(rd.committed_entries[-1].index, now)
             try:
                 self._persist(rd)
             except OSError as exc:
