@@ -174,7 +174,10 @@ class RaftProcess:
             else:
                 for msg in self.peers.receive(MAX_DRAIN, self.stats.bad):
                     self.stats["peer_received"] += 1
+                    refused = self.core.refused
                     self.core.step(msg)
+                    if self.core.refused != refused:  # impossible input: dropped by the core
+                        self.stats.bad("peer_refused", f"a message from node {msg.frm}: {self.core.last_refusal}")
         if events.get(self.rpc.sock):
             self.rpc.drain()
         if not frozen:

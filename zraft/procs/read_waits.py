@@ -50,8 +50,8 @@ class ReadIndexWaits:
         if len(self._waiting) >= self._capacity:
             return Error(req.id, ErrorCode.BUSY, "too many pending reads", leader=core.leader)
         read_id = next(self._read_ids)
-        if not core.read_index(read_id):
-            return Error(req.id, ErrorCode.UNAVAILABLE, "no known leader")
+        if not core.read_index(read_id):  # as rqlite says it; the api answers 503
+            return Error(req.id, ErrorCode.NOT_LEADER, "leader not found")
         self._waiting[read_id] = _Waiting(identity, req.id, now + self._timeout_s)
         return None
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from zraft.raft.log import LogInvariantError, RaftLog
 from zraft.raft.progress import Progress
 from zraft.raft.quorum import committed_index, has_quorum
+from zraft.raft.validate import problem
 from zraft.raft.types import (
     CAMPAIGN_TRANSFER,
     NONE,
@@ -95,6 +96,9 @@ class RaftCore:
         self.pending_conf_index = 0
         self.campaign_deferred = False
         self.hand_off_round = 0  # how many hand-offs chose a target: rotates among candidates
+        self.refused = 0
+        """Peer messages dropped as impossible; `last_refusal` says why the latest was."""
+        self.last_refusal = ""
         self.vote_floor: tuple[int, int] = hs.vote_floor()
         self._msgs: list[Message] = []
         self._msgs_after: list[Message] = []
@@ -217,7 +221,12 @@ class RaftCore:
             self._start_campaign(pre_vote=self.config.pre_vote, transfer=False)
 
     def step(self, msg: Message) -> None:
-        """Feed one message received from a peer."""
+        """Feed one message received from a peer. A message no correct peer would send is
+        dropped and counted in `refused`, never raised on (zraft.raft.validate)."""
+        reason = problem(msg, self.id)
+        if reason is not None:
+            self._refuse(reason)
+            return
         if msg.term > self.term:
             if not self._accept_higher_term(msg):
                 return
@@ -327,6 +336,10 @@ class RaftCore:
         self._become_follower(msg.term, leader)
         return True
 
+    def _refuse(self, reason: str) -> None:
+        self.refused += 1
+        self.last_refusal = reason
+
     def _answer_stale_term(self, msg: Message) -> None:
         if msg.type in (MsgType.APP, MsgType.HEARTBEAT):
             self._send(Message(MsgType.APP_RESP, to=msg.frm, frm=self.id, term=self.term))
@@ -392,7 +405,8 @@ class RaftCore:
         self.leader = self.id
         for node in self.conf.members():
             self._add_progress(node)
-        self.progress[self.id].match = self.log.stable if self.id in self.progress else 0
+        if self.id in self.progress:  # not when standing for the change that removed it
+            self.progress[self.id].match = self.log.stable
         # The last entry of the old log may be a membership change not yet committed.
         self.pending_conf_index = self.log.last_index()
         self._append_local(EntryKind.NORMAL, b"")
@@ -408,10 +422,38 @@ class RaftCore:
         self.randomized_timeout = tick + self._rand.randrange(tick)
 
     def _promotable(self) -> bool:
-        """Whether this node may stand for election. Not while below its vote floor (rule b):
-        its vote for itself would break rule a, and it may lack committed entries."""
-        return (self.id in self.conf.voters and self.log.pending_snapshot is None
-                and not self.below_vote_floor())
+        """Whether this node may stand for election: as a voter of its latest configuration,
+        or as the voter an uncommitted change has just taken out of it (below). Not while
+        below its vote floor (rule b): its vote for itself would break rule a, and it may
+        lack committed entries."""
+        return ((self.id in self.conf.voters or self._removed_by_uncommitted_change())
+                and self.log.pending_snapshot is None and not self.below_vote_floor())
+
+    def _removed_by_uncommitted_change(self) -> bool:
+        """Whether the latest configuration in this log is not yet committed (as far as this
+        node knows) and took this node out of the voters of the one before it.
+
+        Such a node may still stand (D§4.2.2 lets a leader manage a configuration it is not
+        part of until that configuration commits; this extends it to winning an election
+        for it). Without it the cluster can wedge: a leader that appended its own removal
+        and lost leadership before the change committed may hold the only log that the
+        others must see (its entries went to one node that then lost them, or is down), so
+        it refuses every candidate as less up-to-date while it cannot stand itself
+        (simulator seeds 507495 and 508205, 3 nodes, issue 10).
+
+        Safe as an ordinary candidacy is: it counts only votes of its latest configuration's
+        voters (`_record_vote` ignores the rest, itself included), and two configurations
+        that can be the latest in logs of the same term differ by at most one server, so any
+        majority of one meets any majority of the other (D§4.3): two leaders of one term
+        would share a voter, who votes once. Leader completeness holds as for any candidate:
+        each granting voter judged its log at least as up-to-date. Once it leads, it commits
+        the change with the new configuration's majority and steps down
+        (`_maybe_step_down_after_removal`). A node whose removal is known committed may not
+        stand: the others have the change and elect among themselves."""
+        if not self.log.conf_indexes:
+            return False
+        index = self.log.conf_indexes[-1]
+        return index > self.log.committed and self.id in self.log.conf_at(index - 1).voters
 
     # == vote floor ==========================================================================
     def below_vote_floor(self) -> bool:
@@ -560,6 +602,9 @@ class RaftCore:
             self._start_campaign(pre_vote=False, transfer=True)
 
     def _handle_read_index_resp(self, msg: Message) -> None:
+        if msg.frm != self.leader:
+            self._refuse(f"a read index from node {msg.frm}, which is not the leader")
+            return
         self._read_states.append(ReadState(msg.index, msg.context))
 
     # == leader ==============================================================================
@@ -648,6 +693,9 @@ class RaftCore:
     def _handle_append_resp(self, msg: Message) -> None:
         progress = self.progress.get(msg.frm)
         if progress is None:
+            return
+        if not msg.reject and msg.index > self.log.last_index():
+            self._refuse(f"an acknowledgement of {msg.index}, beyond this leader's log")
             return
         progress.recent_active = True
         if msg.reject:

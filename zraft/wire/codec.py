@@ -106,7 +106,9 @@ def _decode_raft(header: dict[str, Any], blobs: Frames) -> Message:
     snapshot = None
     if header.get("s") is not None:
         index, term, voters, learners = header["s"]
-        snapshot = SnapshotMeta(int(index), int(term), ConfState(tuple(voters), tuple(learners)))
+        if not all(type(v) is int for v in (index, term, *voters, *learners)):
+            raise ValueError("snapshot fields must be integers")
+        snapshot = SnapshotMeta(index, term, ConfState(tuple(voters), tuple(learners)))
     reject = header["r"]
     if not isinstance(reject, bool):
         raise TypeError("reject must be a boolean")

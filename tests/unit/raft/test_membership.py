@@ -249,3 +249,70 @@ def test_removed_leader_steps_down_after_the_change_commits() -> None:
         if net.leaders():
             break
     assert len(net.leaders()) == 1 and net.leaders()[0] in (2, 3)
+
+
+# == a voter taken out by an uncommitted change may still stand (issue 10) ====================
+def _removed_leader_with_the_only_copy() -> Network:
+    """Leader 1 of (1, 2, 3, 4) appends its own removal and a write; only node 3 receives them;
+    then node 1 loses leadership before anything commits, and node 3 goes down."""
+    net = Network(voters=(1, 2, 3, 4), **PLAIN)
+    net.elect(1)
+    net.propose(1, b"committed")
+    net.cut_link(1, 2)
+    net.cut_link(1, 4)
+    net.nodes[1].propose_conf_change(ConfChange(REMOVE, 1))
+    net.deliver_all()
+    assert net.nodes[3].conf == ConfState(voters=(2, 3, 4))
+    assert net.nodes[1].log.committed < net.nodes[1].log.last_index()
+    net.isolate(3)
+    net.heal()
+    net.isolate(3)
+    return net
+
+
+def test_a_voter_removed_by_an_uncommitted_change_may_still_stand_and_win() -> None:
+    """Node 1's log is the most up-to-date of 1, 2 and 4, so it refuses their candidacies as
+    less up-to-date (§5.4.1); the removal is not committed, so it may stand, counting only the
+    votes of its latest configuration (2, 3, 4), wins with 2 and 4, commits its removal with
+    their majority and steps down (D§4.2.2). Before this rule the cluster wedged here."""
+    net = _removed_leader_with_the_only_copy()
+    node1 = net.nodes[1]
+    assert node1.id not in node1.conf.voters and node1._promotable()
+    term = node1.term
+    node1.campaign()
+    net.deliver_all()
+    assert node1.term == term + 1 and node1.role == Role.FOLLOWER  # it led, committed, stepped down
+    assert node1.log.committed == node1.log.last_index()
+    assert net.nodes[2].log.last_index() == net.nodes[4].log.last_index() == node1.log.last_index()
+    assert net.nodes[2].conf == net.nodes[4].conf == ConfState(voters=(2, 3, 4))
+    assert not node1._promotable()  # its removal is committed now: it stays out
+    net.tick(nodes=[2, 4], times=40)
+    assert net.leaders() and net.leaders()[0] in (2, 4)
+    assert net.nodes[2].log.committed > node1.log.last_index()
+
+
+def test_its_own_vote_does_not_count() -> None:
+    """Standing for a configuration it is not in, the node needs a majority of that
+    configuration's voters without itself: 1 of (2, 3, 4) is not enough."""
+    net = _removed_leader_with_the_only_copy()
+    net.isolate(4)
+    node1 = net.nodes[1]
+    node1.campaign()
+    net.deliver_all()
+    assert node1.role != Role.LEADER
+
+
+def test_a_node_whose_removal_committed_does_not_stand() -> None:
+    """A leader that removes itself steps down once the change commits; from then on it may
+    not stand: the others hold the change and elect among themselves."""
+    net = Network(**PLAIN)
+    net.elect(1)
+    net.propose(1, b"before")
+    net.nodes[1].propose_conf_change(ConfChange(REMOVE, 1))
+    net.deliver_all()
+    node1 = net.nodes[1]
+    assert node1.role == Role.FOLLOWER and node1.id not in node1.conf.voters
+    assert node1.log.committed >= node1.log.conf_indexes[-1]
+    assert not node1._promotable()
+    node1.campaign()
+    assert node1.role == Role.FOLLOWER

@@ -153,7 +153,8 @@ def test_follower_commits_up_to_leader_commit() -> None:
         (1, 2, True),   # term mismatch at index 1
         (2, 1, True),   # term mismatch at index 2
         (3, 2, True),   # follower lacks index 3
-        (5, 3, True),
+        (5, 2, True),   # ... nor index 5 (a previous term above the leader's would be refused
+                        # as impossible: test_validate.py)
     ],
 )
 def test_follower_rejects_append_with_mismatching_prev(prev_index: int, prev_term: int, reject: bool) -> None:
