@@ -196,7 +196,7 @@ def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
             return statuses
         time.sleep(0.2)
     raise ClusterError(f"the cluster was not ready (a leader known to every node) within "
-                       f"{timeout_s:.0f} s; see the logs in {directory}")
+                       f"{timeout_s:.0f} s; see the logs in {directory}\n{_readiness_report(directory)}")
 
 
 def status(directory: Path) -> list[NodeStatus]:
@@ -266,6 +266,27 @@ def program_pids(directory: Path) -> dict[str, int]:
         if match:
             pids[match.group(1)] = int(match.group(2))
     return pids
+
+
+def _readiness_report(directory: Path) -> str:
+    """One line per node: is it ready, is it leader, and the last role its raft log reported,
+    so that a start-up failure on a machine we cannot log into explains itself."""
+    lines = []
+    for node in status(directory):
+        log = directory / f"node{node.id}" / "raft.log"
+        roles = [line.strip() for line in _tail(log) if " role " in line or "stopping" in line]
+        lines.append(f"node {node.id} ({node.http}): ready {_ready(node.http)}, leader {node.leader}, "
+                     f"raft log: {roles[-1] if roles else 'no role line'}")
+    return "\n".join(lines)
+
+
+def _tail(path: Path, limit: int = 65536) -> list[str]:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, path.stat().st_size - limit))
+            return handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
 
 
 def _ready(http: str) -> bool:

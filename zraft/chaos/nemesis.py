@@ -139,8 +139,11 @@ class Injection:
 class Firewall:
     """iptables rules in one chain of our own, hooked into INPUT, removed on close."""
 
+    PREFIX = "ZRAFT-"
+
     def __init__(self, chain: str) -> None:
         self.chain = chain
+        self.sweep_orphans()
         self._run("-N", chain)
         self._run("-I", "INPUT", "-j", chain)
 
@@ -150,6 +153,25 @@ class Firewall:
         if check and done.returncode != 0:
             raise RuntimeError(f"iptables {' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
+
+    @classmethod
+    def for_run(cls, index: int) -> "Firewall":
+        """A chain named after this process, so that a later run can tell whether its owner lives."""
+        return cls(f"{cls.PREFIX}{os.getpid()}-{index}")
+
+    @classmethod
+    def sweep_orphans(cls) -> None:
+        """Remove chains left by a campaign that was killed before it could close them: their
+        rules would silently partition the next run's nodes."""
+        for line in cls._run("-S").splitlines():
+            parts = line.split()
+            if len(parts) != 2 or parts[0] != "-N" or not parts[1].startswith(cls.PREFIX):
+                continue
+            owner = parts[1][len(cls.PREFIX):].split("-")[0]
+            if owner.isdigit() and not _process_alive(int(owner)):
+                orphan = cls.__new__(cls)
+                orphan.chain = parts[1]
+                orphan.close()
 
     def drop(self, source: str, destination: str, probability: float = 1.0) -> None:
         rule = ["-A", self.chain, "-s", source, "-d", destination]
@@ -168,6 +190,16 @@ class Firewall:
         self._run("-D", "INPUT", "-j", self.chain, check=False)
         self._run("-F", self.chain, check=False)
         self._run("-X", self.chain, check=False)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _signal(pid: int, signum: int) -> None:

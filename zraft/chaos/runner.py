@@ -24,7 +24,6 @@ whose faults did not fire or whose throughput was too low is invalid, never a pa
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import threading
@@ -314,10 +313,11 @@ def run_once(options: ChaosOptions, index: int, seed: int, echo: Callable[[str],
     try:
         for disk in disks.values():
             disk.setup()
+        Firewall.sweep_orphans()
         cluster.up(cluster_dir, NODES, options.http_port, timeout_s=60.0, hosts=options.hosts,
                    fake_clock="clock" in options.faults, data_subdir=DATA_SUBDIR,
                    raft=RaftSettings(segment_bytes=SEGMENT_BYTES))
-        firewall = Firewall(f"ZRAFT-{os.getpid() % 10**6}-{index}")
+        firewall = Firewall.for_run(index)
         target = LocalTarget(cluster_dir, options.hosts, disks)
         https = [c.me().http for c in target.configs]
         _setup_schema(workload, https)
