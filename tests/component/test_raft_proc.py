@@ -200,6 +200,19 @@ def test_busy_when_too_many_proposals_are_uncommitted(tmp_path):
         c.stop()
 
 
+def test_a_read_index_without_a_leader_says_leader_not_found(tmp_path):
+    """One node of three alone has no leader: a linearizable read point is refused with
+    rqlite's words (the api answers 503 "leader not found"), not "no known leader"."""
+    c = Cluster(tmp_path, 3, tick_ms=50)
+    c.nodes[0].start()
+    try:
+        wait_for("the node to serve", lambda: c.nodes[0].status() is not None)
+        reply = c.nodes[0].call(ReadIndex(0), timeout=5)
+        assert isinstance(reply, Error) and (reply.code, reply.message) == ("not_leader", "leader not found")
+    finally:
+        c.stop()
+
+
 def test_fetch_below_the_log_start_is_compacted(tmp_path):
     node = single_node(tmp_path)
     store = FileLogStore(node.config.log_dir)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from zraft.raft.log import LogInvariantError, RaftLog
 from zraft.raft.progress import Progress
 from zraft.raft.quorum import committed_index, has_quorum
-from zraft.raft.validate import problem
+from zraft.raft.validate import MAX_TERM_JUMP, MAX_VALUE, problem
 from zraft.raft.types import (
     CAMPAIGN_TRANSFER,
     NONE,
@@ -224,6 +224,8 @@ class RaftCore:
         """Feed one message received from a peer. A message no correct peer would send is
         dropped and counted in `refused`, never raised on (zraft.raft.validate)."""
         reason = problem(msg, self.id)
+        if reason is None and msg.term > self.term + MAX_TERM_JUMP:
+            reason = f"term {msg.term}, more than {MAX_TERM_JUMP} ahead of this node's {self.term}"
         if reason is not None:
             self._refuse(reason)
             return
@@ -425,9 +427,11 @@ class RaftCore:
         """Whether this node may stand for election: as a voter of its latest configuration,
         or as the voter an uncommitted change has just taken out of it (below). Not while
         below its vote floor (rule b): its vote for itself would break rule a, and it may
-        lack committed entries."""
+        lack committed entries. Not at a term of MAX_VALUE: the next one would be out of range
+        for every peer (validate.py)."""
         return ((self.id in self.conf.voters or self._removed_by_uncommitted_change())
-                and self.log.pending_snapshot is None and not self.below_vote_floor())
+                and self.log.pending_snapshot is None and not self.below_vote_floor()
+                and self.term < MAX_VALUE)
 
     def _removed_by_uncommitted_change(self) -> bool:
         """Whether the latest configuration in this log is not yet committed (as far as this

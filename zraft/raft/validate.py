@@ -21,6 +21,12 @@ MAX_VALUE = 1 << 62
 """Bound on every term, index, commit and context: far beyond any real log, and low enough
 that term + 1 and index + 1 stay within the 64-bit fields of the wire and the disk format."""
 
+MAX_TERM_JUMP = 1 << 32
+"""How far ahead of the receiver's term a message's term may be. Terms grow by one an
+election; a term four billion elections ahead is no real peer's, and taking it would let a
+few forged messages use up the term space (each costs the cluster an election, and a term
+near MAX_VALUE leaves none). Checked in RaftCore.step, which knows its term."""
+
 _NUMBERS = ("term", "log_term", "index", "commit", "reject_hint", "context")
 
 
@@ -54,7 +60,7 @@ def _entries_problem(msg: Message) -> str | None:
     for position, entry in enumerate(msg.entries):
         if entry.index != msg.index + 1 + position:
             return f"entry {entry.index} where {msg.index + 1 + position} must follow"
-        if not previous_term <= entry.term <= msg.term:
+        if entry.term < 1 or not previous_term <= entry.term <= msg.term:
             return f"entry {entry.index} of term {entry.term} out of order (after {previous_term}, leader {msg.term})"
         if entry.kind == EntryKind.CONF and _conf_problem(entry) is not None:
             return _conf_problem(entry)
