@@ -1,8 +1,9 @@
 """Requests that change the log: proposals, membership changes and leadership transfers.
 
 Each is checked in the same order: a failing disk refuses it (DiskHealth), a follower answers
-not_leader with the leader it knows (the api forwards there), a leader with too many
-uncommitted entries answers busy (the bound on what a leader holds in memory), and only then
+not_leader with the leader it knows (the api forwards there), a command larger than a
+follower's inbox takes in one frame is too_large, a leader with too many uncommitted entries
+answers busy (the bound on what a leader holds in memory), and only then
 does the core take it. A successful Proposed is held by the RPC server until this turn's
 AppendEntries are out (replication first), so the answer costs no extra latency.
 
@@ -43,11 +44,14 @@ MEMBERSHIP_OPS = {
 class Proposals:
     """Turns log-changing requests into core calls; owned by the raft process's loop thread."""
 
-    def __init__(self, node_id: int, known_nodes: frozenset[int], max_pending: int, disk: DiskHealth,
-                 stats: Counters) -> None:
+    def __init__(self, node_id: int, known_nodes: frozenset[int], max_pending: int, max_entry_bytes: int,
+                 disk: DiskHealth, stats: Counters) -> None:
+        """`max_entry_bytes`: the largest entry the followers' inboxes take in one frame
+        (zraft.transport.sockets.native_max_frame_bytes); a larger one would never reach them."""
         self._node_id = node_id
         self._known_nodes = known_nodes
         self._max_pending = max_pending
+        self._max_entry_bytes = max_entry_bytes
         self._disk = disk
         self._stats = stats
 
@@ -55,6 +59,10 @@ class Proposals:
         refusal = self._refusal(core, req.id)
         if refusal is not None:
             return refusal
+        if len(req.data) > self._max_entry_bytes:  # followers would drop the link that carries it
+            self._stats["proposals_too_large"] += 1
+            return Error(req.id, ErrorCode.TOO_LARGE,
+                         f"the command is {len(req.data)} bytes; at most {self._max_entry_bytes} fit in a log entry")
         if core.log.last_index() - core.log.committed >= self._max_pending:
             self._stats["proposals_busy"] += 1
             return Error(req.id, ErrorCode.BUSY, "too many uncommitted proposals", leader=core.leader)

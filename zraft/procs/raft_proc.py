@@ -58,6 +58,7 @@ from zraft.raft import (
     SnapshotMeta,
 )
 from zraft.transport import publisher, rpc_server
+from zraft.transport.sockets import native_max_frame_bytes, peer_max_frame_bytes, peer_max_header_bytes
 from zraft.transport.peers import PeerTransport
 from zraft.wire.messages import (
     ConfChangeRequest,
@@ -108,10 +109,13 @@ class RaftProcess:
 
     def _wire(self, config: NodeConfig) -> None:
         stats = self.stats
-        self.peers = PeerTransport(self._ctx, config.id, {p.id: p.raft for p in config.peers}, stats)
+        self.peers = PeerTransport(self._ctx, config.id, {p.id: p.raft for p in config.peers}, stats,
+                                   peer_max_frame_bytes(config.raft, config.api),
+                                   peer_max_header_bytes(config.raft))
         self.disk = DiskHealth(config.id, config.log_dir, stats)
         proposals = Proposals(config.id, frozenset(p.id for p in config.peers),
-                              config.raft.max_pending_proposals, self.disk, stats)
+                              config.raft.max_pending_proposals, native_max_frame_bytes(config.api),
+                              self.disk, stats)
         self.rpc = RpcServer(rpc_server(self._ctx, config.raft_rpc), {
             Propose: lambda _, req: proposals.propose(self.core, req),
             ProposeBatch: lambda _, req: proposals.propose_batch(self.core, req),
@@ -181,8 +185,11 @@ class RaftProcess:
         if events.get(self.rpc.sock):
             self.rpc.drain()
         if not frozen:
-            for _ in range(self._ticker.due(now)):
+            ticks = self._ticker.due(now)
+            for _ in range(ticks):
                 self.core.tick()
+            if ticks:
+                self.peers.links.drain_stray()
         self.disk.steer(self.core, now)
         self.reads.expire(now, self.core.leader)
         self._process_ready(now)

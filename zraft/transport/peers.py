@@ -15,14 +15,31 @@ the message count, which is what costs CPU here, by an order of magnitude.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
 import zmq
 
 from zraft.raft.types import NONE, Message, MsgType
-from zraft.transport.sockets import from_own_address, peer_dealer, peer_inbox, recv_batch, send_nowait
+from zraft.transport.sockets import (
+    HEARTBEAT_TIMEOUT_MS,
+    PEER_MAX_FRAME,
+    PEER_MAX_HEADER,
+    from_own_address,
+    peer_dealer,
+    peer_inbox,
+    recv_batch,
+    redial,
+    send_nowait,
+)
 from zraft.wire.codec import RemoteProtocolError, decode, encode
+
+
+REDIAL_AFTER_S = HEARTBEAT_TIMEOUT_MS / 1000
+"""A link that has dropped every send for this long is dialled again (see sockets.redial)."""
+MAX_STRAY = 1024
+"""Messages read and dropped from one peer DEALER per call of drain_stray."""
 
 
 class PeerLinks:
@@ -34,22 +51,44 @@ class PeerLinks:
         self._my_id = my_id
         self._stats = stats
         self._socks: dict[int, zmq.Socket[bytes]] = {}
+        self._addresses: dict[int, str] = {}
+        self._failing_since: dict[int, float] = {}
         own = addresses.get(my_id, "")
         for node, address in addresses.items():
             if node != my_id:
-                self._socks[node] = peer_dealer(ctx, my_id, from_own_address(address, own))
+                self._addresses[node] = from_own_address(address, own)
+                self._socks[node] = peer_dealer(ctx, my_id, self._addresses[node])
 
     def send(self, msg: Message) -> bool:
-        """Encode and send `msg` to `msg.to`; False (and counted) if it was dropped."""
+        """Encode and send `msg` to `msg.to`; False (and counted) if it was dropped. A link
+        that has dropped every send for REDIAL_AFTER_S is dialled again: libzmq gives up on a
+        connection for good after a protocol error (a frame above the cap from whoever
+        answers at that address)."""
         sock = self._socks.get(msg.to)
         if sock is None:
             self._stats["peer_unknown_dest"] += 1
             return False
         if send_nowait(sock, encode(msg)):
             self._stats["peer_sent"] += 1
+            self._failing_since.pop(msg.to, None)
             return True
         self._stats["peer_send_dropped"] += 1
+        now = time.monotonic()
+        since = self._failing_since.setdefault(msg.to, now)
+        if now - since >= REDIAL_AFTER_S:
+            self._stats["peer_redials"] += 1
+            redial(sock, self._addresses[msg.to])
+            self._failing_since[msg.to] = now
         return False
+
+    def drain_stray(self) -> None:
+        """Read and drop what arrived on the DEALERs: a correct peer never sends anything back
+        on them (a reply travels on the replier's own link), but a host answering at a peer's
+        address might, and their receive queues are unbounded (sockets.peer_dealer)."""
+        for sock in self._socks.values():
+            stray = len(recv_batch(sock, MAX_STRAY))
+            if stray:
+                self._stats["peer_stray"] += stray
 
     def close(self) -> None:
         for sock in self._socks.values():
@@ -63,15 +102,20 @@ class PeerTransport:
     process's loop thread."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], my_id: int, addresses: Mapping[int, str],
-                 stats: Counter[str]) -> None:
+                 stats: Counter[str], max_frame_bytes: int = PEER_MAX_FRAME,
+                 max_header_bytes: int = PEER_MAX_HEADER) -> None:
+        """`max_frame_bytes` caps every frame the inbox reads (sockets.peer_max_frame_bytes),
+        `max_header_bytes` the header frame a message may have before it is decoded
+        (sockets.peer_max_header_bytes)."""
         self.my_id = my_id
-        self.inbox = peer_inbox(ctx, addresses[my_id])
+        self.inbox = peer_inbox(ctx, addresses[my_id], max_frame_bytes)
         self.links = PeerLinks(ctx, my_id, addresses, stats)
         self._stats = stats
+        self._max_header_bytes = max_header_bytes
 
     def receive(self, limit: int, bad: Callable[[str, str], None]) -> list[Message]:
         """Up to `limit` valid messages from the inbox (see `receive`)."""
-        return receive(self.inbox, self.my_id, limit, bad)
+        return receive(self.inbox, self.my_id, limit, bad, self._max_header_bytes)
 
     def discard(self, limit: int) -> int:
         """Drop up to `limit` waiting messages unread; how many."""
@@ -89,8 +133,8 @@ class PeerTransport:
         self.inbox.close(linger=0)
 
 
-def receive(inbox: zmq.Socket[bytes], my_id: int, limit: int,
-            bad: Callable[[str, str], None]) -> list[Message]:
+def receive(inbox: zmq.Socket[bytes], my_id: int, limit: int, bad: Callable[[str, str], None],
+            max_header_bytes: int = PEER_MAX_HEADER) -> list[Message]:
     """Up to `limit` Raft messages waiting on the peer inbox (a ROUTER: frame 0 is the
     sender's routing id, its node id in decimal). What does not decode, or is not a Raft
     message for this node from the node whose link it came on, is reported to
@@ -99,6 +143,9 @@ def receive(inbox: zmq.Socket[bytes], my_id: int, limit: int,
     for frames in recv_batch(inbox, limit):
         if len(frames) < 2:
             bad("peer_decode_errors", "peer message without a body")
+            continue
+        if len(frames[1]) > max_header_bytes:  # parsing a dense header that large takes seconds
+            bad("peer_decode_errors", f"a peer message header of {len(frames[1])} bytes")
             continue
         try:
             msg = decode(frames[1:])

@@ -112,6 +112,8 @@ def _decode_raft(header: dict[str, Any], blobs: Frames) -> Message:
     reject = header["r"]
     if not isinstance(reject, bool):
         raise TypeError("reject must be a boolean")
+    if len(blobs) != len(header["e"]):
+        raise ValueError(f"{len(blobs)} data frames for {len(header['e'])} entries")
     return Message(
         type=MsgType(_int(header, "t")), to=_int(header, "to"), frm=_int(header, "frm"),
         term=_int(header, "term"), log_term=_int(header, "lt"), index=_int(header, "i"),

@@ -59,7 +59,10 @@ class MessageSchema:
         self.cls = cls
         self.kind = cls.KIND
         self.fields = _compile_fields(cls)
-        if any(f[0] == "entries" for f in self.fields) and _frames_used(cls) > 1:
+        hints = typing.get_type_hints(cls, globalns=_NAMESPACE)
+        self._frame_fields = [(f.name, hints[f.name] is bytes) for f in fields(cls)  # type: ignore[arg-type]
+                              if hints[f.name] in (bytes, list[bytes], list[Entry])]
+        if any(f[0] == "entries" for f in self.fields) and len(self._frame_fields) > 1:
             raise TypeError(f"{cls.__name__}: entries must be the only frame-carrying field")
 
     def encode(self, msg: WireMessage, blobs: Frames) -> dict[str, Any]:
@@ -78,6 +81,10 @@ class MessageSchema:
                     raise ValueError(f"field {name}: {exc}") from None
             elif required:
                 raise TypeError(f"field {name} is missing")
+        used = sum(1 if single else len(kwargs.get(name, ())) for name, single in self._frame_fields
+                   if name in kwargs)
+        if used != len(blobs):
+            raise ValueError(f"{len(blobs)} data frames for {used} references")
         return self.cls(**kwargs)
 
 
@@ -100,11 +107,6 @@ def _compile_fields(cls: type) -> list[tuple[str, Encoder, Decoder, bool]]:
         required = f.default is MISSING and f.default_factory is MISSING
         out.append((f.name, encoder, decoder, required))
     return out
-
-
-def _frames_used(cls: type) -> int:
-    hints = typing.get_type_hints(cls, globalns=_NAMESPACE)
-    return sum(1 for f in fields(cls) if hints[f.name] in (bytes, list[bytes], list[Entry]))
 
 
 def _converters(hint: Any, where: str) -> tuple[Encoder, Decoder]:
