@@ -36,8 +36,8 @@ def test_wire_form_is_versioned_and_tags_blobs() -> None:
 
 
 def test_unknown_version_is_refused_clearly() -> None:
-    with pytest.raises(UnsupportedCommandVersion, match="version 3"):
-        decode_command(b'{"v": 3, "tx": false, "stmts": []}')
+    with pytest.raises(UnsupportedCommandVersion, match="version 4"):
+        decode_command(b'{"v": 4, "tx": false, "stmts": []}')
 
 
 def test_read_only_command_is_version_2_and_plain_commands_stay_version_1() -> None:

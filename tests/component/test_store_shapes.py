@@ -190,11 +190,11 @@ def test_empty_statements_are_skipped_and_last_of_a_script_wins(node: Node) -> N
 
 
 def test_statements_that_would_break_replication_are_refused(node: Node) -> None:
-    results = node.execute("BEGIN", "PRAGMA foreign_keys=ON", "PRAGMA wal_checkpoint", "CREATE TEMP TABLE t(x)",
+    results = node.execute("BEGIN", "PRAGMA recursive_triggers=ON", "PRAGMA wal_checkpoint", "CREATE TEMP TABLE t(x)",
                            "DELETE FROM _zraft_meta", "ATTACH 'x.db' AS x", "PRAGMA foreign_keys")  # fmt: skip
     assert [r.get("error", "") for r in results[:6]] == [
         "transaction control statements are not supported; use the transaction option",
-        "disallowed pragma",
+        "disallowed pragma: zraft keeps recursive_triggers at OFF on every node",
         "disallowed pragma",
         "temporary tables, views, triggers and indexes are not supported",
         "table _zraft_meta is reserved",

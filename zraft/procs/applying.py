@@ -7,7 +7,15 @@
   a WaitApplied for (index, term) learns the result or that another entry took the index;
 - a disk error while applying (SQLITE_FULL, an I/O error) ends nothing: the batch rolled back,
   `disk_full` says why, and the same entries come back with the next fetch, DISK_RETRY_S
-  later. Recording such an error as a result would make this node diverge.
+  later. Recording such an error as a result would make this node diverge;
+- an entry written by a newer zraft (a command version this build cannot read) is handled
+  the same way: the entries before it are applied, the store stops at it without exiting,
+  `disk_full` says why (the raft process then hands leadership away and defers campaigns,
+  as for a full disk: an upgraded node should lead), reads of what is applied go on, and it
+  tries again every NEWER_RETRY_S. Answering such an entry with an error would make this
+  node differ from the upgraded ones, which apply it;
+- an entry that no build can decode is answered with an error result by every node and the
+  applied index moves on (zraft.store.db): it never stops or crashes the store.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import apsw
 from zraft.procs.shell import Counters
 from zraft.raft import Entry, EntryKind
 from zraft.store.apply import ApplyResult
-from zraft.store.db import Database
+from zraft.store.db import Database, NewerCommand
 from zraft.wire.messages import AppliedResult, Error, ErrorCode, JsonValue, WaitApplied, WireMessage
 
 log = logging.getLogger("zraft.store")
@@ -30,6 +38,10 @@ DISK_RETRY_S = 1.0
 """A batch that failed for lack of disk space is tried again this often."""
 DISK_ERRORS = (apsw.FullError, apsw.IOError)
 """Errors of the node's disk, not of the entry: rolled back and retried, never a result."""
+NEWER_RETRY_S = 1.0
+"""An entry from a newer zraft is fetched and looked at again this often. Only a restart on a
+newer build can apply it; the retry keeps the reason fresh for the raft process, which
+forgets a store's reason after STORE_FULL_TTL_S (5 s) without a fetch."""
 
 
 class EntryApplier:
@@ -60,7 +72,14 @@ class EntryApplier:
         try:
             results = self.db.apply_entries(batch)
         except DISK_ERRORS as exc:
+            self.applied = self.db.applied_index()  # a part may be in (an entry set foreign_keys)
             self._cannot_apply(exc, entries[0].index, now)
+            return False
+        except NewerCommand as exc:
+            before = exc.index - entries[0].index
+            if before > 0 and not self.apply(entries[:before], now):
+                return False
+            self._wait_for_upgrade(exc, now)
             return False
         if self.disk_full:
             log.warning("applying again from index %d (after: %s)", entries[0].index, self.disk_full)
@@ -72,6 +91,14 @@ class EntryApplier:
         self.applied = self.db.applied_index()
         self._stats["applied_entries"] += len(entries)
         return True
+
+    def _wait_for_upgrade(self, exc: NewerCommand, now: float) -> None:
+        reason = f"cannot apply: {exc}; this node applies nothing from there on until it runs a newer zraft"
+        if reason != self.disk_full:
+            log.error("%s (reads of what is applied go on; looking again every %.1f s)", reason, NEWER_RETRY_S)
+        self.disk_full = reason
+        self._retry_at = now + NEWER_RETRY_S
+        self._stats["apply_newer_entries"] += 1
 
     def _cannot_apply(self, exc: apsw.Error, index: int, now: float) -> None:
         if isinstance(exc, apsw.FullError):

@@ -47,4 +47,6 @@ def _grammar_error(conn: apsw.Connection, statement: str) -> str | None:
     except apsw.Error as exc:
         message = str(exc)
         return message if any(marker in message for marker in _GRAMMAR_ERRORS) else None
+    except ValueError as exc:  # apsw refuses text with a NUL byte before SQLite sees it
+        return f"invalid SQL text: {exc}"
     return None

@@ -1,7 +1,8 @@
 """SQLite state machine of a zraft node: replicated commands, apply, query, snapshots.
 
 Public surface:
-- ``Command``/``Statement`` and ``encode_command``/``decode_command``: the log-entry payload;
+- ``Command``/``Statement`` and ``encode_command``/``decode_command``: the log-entry payload
+  (``Command.stamped`` for a deterministic entry: its proposer's clock, a seed, a step budget);
 - ``Database``: apply committed entries, answer reads, take and restore snapshots;
 - ``ApplyResult``/``render``: per-statement results in rqlite's JSON shapes;
 - ``zraft.store.reads``: read-only access for any process of the node (guarded read-only
@@ -20,7 +21,7 @@ from zraft.store.command import (
     decode_command,
     encode_command,
 )
-from zraft.store.db import Database, StoreError
+from zraft.store.db import Database, NewerCommand, StoreError
 from zraft.store.results import render
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Command",
     "CommandError",
     "Database",
+    "NewerCommand",
     "Statement",
     "StoreError",
     "UnsupportedCommandVersion",

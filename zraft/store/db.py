@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -16,27 +15,42 @@ from types import TracebackType
 import apsw
 
 from zraft.store import meta, snapshot
-from zraft.store.apply import Applier, ApplyResult
-from zraft.store.command import Command, Statement, decode_command
-from zraft.store.execute import execute_to_result
-from zraft.store.guard import Guard
+from zraft.store.apply import Applier, ApplyResult, BadEntry
+from zraft.store.command import Command, CommandError, Statement, UnsupportedCommandVersion, decode_command
+from zraft.store.determinism import EntryClock, EntryRandom, deterministic_apply, force_utc
+from zraft.store.guard import FIXED_SETTINGS, Guard
 from zraft.store.meta import META_TABLE, MetaState
-from zraft.store.reads import Reader, open_reader
+from zraft.store.reads import Reader, ReadOptions, open_reader, read_snapshot
 from zraft.store.reads import is_read_only as _is_read_only
-from zraft.store.results import Result, render
+from zraft.store.results import Result
 
 _BUSY_TIMEOUT_MS = 5_000
 _WRITER_PRAGMAS = (
-    # Identical on every node; none of these can be changed by user statements (see guard.py).
+    # Identical on every node; none of these can be changed by user statements (see guard.py,
+    # FIXED_SETTINGS, which a user statement may only repeat). foreign_keys is replicated:
+    # the applier sets it from _zraft_meta before the first entry.
     "PRAGMA synchronous=NORMAL",  # safe only because the Raft log is the durable record
     "PRAGMA foreign_keys=OFF",
-    "PRAGMA recursive_triggers=OFF",
-    "PRAGMA reverse_unordered_selects=OFF",
+    *(f"PRAGMA {name}={value}" for name, (shown, value) in FIXED_SETTINGS.items()
+      # properties of the file (page_size, auto_vacuum), SQLite's own limit, set_busy_timeout():
+      if name not in ("page_size", "auto_vacuum", "max_page_count", "busy_timeout")),
 )
 
 
 class StoreError(Exception):
     """The store cannot do what was asked: a malformed batch, or a file it cannot use."""
+
+
+class NewerCommand(StoreError):
+    """Entry ``index`` was written by a newer zraft (a command version this build cannot read).
+
+    Nothing of the batch was applied. The entries before ``index`` may be applied on their
+    own; that one must wait for an upgrade (applying it as an error would make this node
+    differ from upgraded ones, which apply it)."""
+
+    def __init__(self, index: int, reason: UnsupportedCommandVersion) -> None:
+        super().__init__(f"entry {index} needs a newer zraft: {reason}")
+        self.index = index
 
 
 class Database:
@@ -53,9 +67,21 @@ class Database:
         self._idle: list[Reader] = []
         self._closed = False
         self._max_idle = max_idle_readers
-        self._guard = Guard()
-        self._writer = self._open_writer()
-        self._applier = Applier(self._writer, self._guard)
+        self._guard = Guard(writer=True)
+        self._clock: EntryClock | None = None
+        random: EntryRandom | None = None
+        if deterministic_apply():  # off only under the test switch, see determinism.py
+            force_utc()
+            self._clock = EntryClock()
+        try:
+            self._writer = self._open_writer()
+        except BaseException:
+            if self._clock is not None:
+                self._clock.unregister()
+            raise
+        if self._clock is not None:
+            random = EntryRandom(self._writer)
+        self._applier = Applier(self._writer, self._guard, clock=self._clock, random=random)
         self._state = self._read_state()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -72,6 +98,8 @@ class Database:
                 reader.conn.close()
             self._idle.clear()
             self._writer.close()
+            if self._clock is not None:
+                self._clock.unregister()
 
     def __enter__(self) -> Database:
         return self
@@ -80,13 +108,14 @@ class Database:
         self.close()
 
     def _open_writer(self) -> apsw.Connection:
-        conn = apsw.Connection(self._path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+        conn = apsw.Connection(self._path, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE,
+                               vfs=None if self._clock is None else self._clock.vfs_name)
         conn.set_busy_timeout(_BUSY_TIMEOUT_MS)
         mode = conn.execute("PRAGMA journal_mode=WAL").get
         if mode != "wal":
             raise StoreError(f"{self._path}: cannot use WAL journal mode (got {mode!r})")
         for pragma in _WRITER_PRAGMAS:
-            conn.execute(pragma)
+            conn.execute(pragma).fetchall()
         conn.execute(f"BEGIN IMMEDIATE; {meta.DDL}; {meta.seed_sql()}; COMMIT")
         conn.authorizer = self._guard
         return conn
@@ -108,22 +137,31 @@ class Database:
 
         Indexes must be consecutive. Entries at or below the applied index are skipped (a
         replay after restart), the rest must continue it without a gap. ``None`` entries
-        (no-ops, configuration changes) only advance the index. SQL errors are results;
-        an exception (undecodable entry, disk error) means nothing in the batch was applied
-        and the caller must not go on to later entries.
+        (no-ops, configuration changes) only advance the index. SQL errors are results, and
+        so is a payload that is not a valid command (every node answers it alike).
+
+        An exception means that the caller must not go on to later entries. ``NewerCommand``
+        (an entry from a newer zraft) and index errors are raised before anything runs; a
+        disk error rolls back the transaction it hit. The batch is one transaction unless an
+        entry sets ``PRAGMA foreign_keys``, which ends its transaction: if a later one then
+        fails, the earlier ones stay applied (``applied_index()`` tells).
         """
         with self._write_lock:
             plan = self._plan(batch)
             fresh = [(index, cmd) for index, cmd, skipped in plan if not skipped]
             applied: list[ApplyResult] = []
             if fresh:
-                applied, self._state = self._applier.apply(fresh, self._state)
+                try:
+                    applied, self._state = self._applier.apply(fresh, self._state)
+                except BaseException:
+                    self._state = self._applier.committed
+                    raise
             results = iter(applied)
             return [ApplyResult(index, [], skipped=True) if skipped else next(results) for index, _, skipped in plan]
 
-    def _plan(self, batch: Sequence[tuple[int, bytes | None]]) -> list[tuple[int, Command | None, bool]]:
+    def _plan(self, batch: Sequence[tuple[int, bytes | None]]) -> list[tuple[int, Command | BadEntry | None, bool]]:
         """Validate the batch's indexes and decode the new entries before touching SQLite."""
-        plan: list[tuple[int, Command | None, bool]] = []
+        plan: list[tuple[int, Command | BadEntry | None, bool]] = []
         expected = self._state.applied_index + 1
         for pos, (index, data) in enumerate(batch):
             if pos and index != batch[pos - 1][0] + 1:
@@ -133,7 +171,7 @@ class Database:
                 continue
             if index != expected:
                 raise StoreError(f"entry {index} would leave a gap after applied index {expected - 1}")
-            plan.append((index, None if data is None else decode_command(data), False))
+            plan.append((index, None if data is None else _decode(index, data), False))
             expected += 1
         return plan
 
@@ -164,21 +202,9 @@ class Database:
         ``timeout_s`` is rqlite's ``db_timeout``: a statement still running after that long
         (counted per statement) is interrupted and gets the error "query timeout".
         """
-        with self._reader() as reader, self._read_transaction(reader):
-            index = snapshot.applied_index_of(reader.conn)
-            raw = [self._timed(reader, s, timeout_s, qualify_columns) for s in statements if s.sql]
-        return index, [render(r, associative=associative, blob_array=blob_array, query=True) for r in raw]
-
-    @staticmethod
-    def _timed(reader: Reader, stmt: Statement, timeout_s: float | None, qualify: bool) -> Result:
-        if not timeout_s:
-            return execute_to_result(reader.conn, reader.guard, stmt, read_only=True, qualify=qualify)
-        deadline = time.monotonic() + timeout_s
-        reader.conn.set_progress_handler(lambda: time.monotonic() > deadline, 1000)
-        try:
-            return execute_to_result(reader.conn, reader.guard, stmt, read_only=True, qualify=qualify)
-        finally:
-            reader.conn.set_progress_handler(None)
+        with self._reader() as reader:
+            return read_snapshot(reader, statements, ReadOptions(associative, blob_array, qualify_columns,
+                                                                 timeout_s or 0.0))
 
     def is_read_only(self, sql: str) -> bool:
         """SQLite's own verdict on every statement in ``sql`` (zraft.store.reads.is_read_only:
@@ -202,18 +228,6 @@ class Database:
                 self._idle.append(reader)
                 return
         reader.conn.close()
-
-    @contextmanager
-    def _read_transaction(self, reader: Reader) -> Iterator[None]:
-        _internal(reader, "BEGIN")
-        # Start the read transaction now and load the schema it sees, so that user statements
-        # are compiled (and report declared types) against it, not a stale cached schema.
-        _internal(reader, "SELECT count(*) FROM sqlite_schema")
-        try:
-            yield
-        finally:
-            if not reader.conn.get_autocommit():
-                _internal(reader, "COMMIT")
 
     # -- snapshots -----------------------------------------------------------------------
 
@@ -246,6 +260,7 @@ class Database:
                 self._restore_prepared(source_path, page_size, applied_index)
             self._applier.reload()
             self._state = self._read_state()
+            self._applier.restore_connection_state(self._state)
             return self._state.applied_index
 
     def _restore_prepared(self, source_path: str, page_size: int, applied_index: int | None) -> None:
@@ -264,9 +279,15 @@ class Database:
             source.close()
 
 
-def _internal(reader: Reader, sql: str) -> None:
-    with reader.guard.trusted():
-        reader.conn.execute(sql, can_cache=False)
+def _decode(index: int, data: bytes) -> Command | BadEntry:
+    """An entry's command; a payload that no build can apply becomes a BadEntry (an error
+    result on every node); one from a newer build stops the batch (NewerCommand)."""
+    try:
+        return decode_command(data)
+    except UnsupportedCommandVersion as exc:
+        raise NewerCommand(index, exc) from exc
+    except CommandError as exc:
+        return BadEntry(f"entry {index} is not a valid command: {exc}")
 
 
-__all__ = ["META_TABLE", "ApplyResult", "Database", "StoreError"]
+__all__ = ["META_TABLE", "ApplyResult", "Database", "NewerCommand", "StoreError"]

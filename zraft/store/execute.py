@@ -83,14 +83,18 @@ def _description(cursor: apsw.Cursor, qualify: bool) -> Sequence[tuple[str, str 
 
 
 def execute(conn: apsw.Connection, guard: Guard, stmt: Statement, *, read_only: bool,
-            qualify: bool = False) -> Result:
+            qualify: bool = False, can_cache: bool = False) -> Result:
     """Execute ``stmt``; return its raw result or raise StatementFailed (fatal errors propagate).
 
     Statements that return columns (SELECT, RETURNING, PRAGMA) give the rows shape, others the
     write shape built from ``last_insert_rowid``/``changes`` as go-sqlite3 reads them.
+
+    The statement is prepared afresh (``can_cache=False``): the guard checks every execution
+    in the mode of the entry it belongs to, and a prepare happens alike on every node
+    whatever the history of its connection (the step budget counts it, budget.py).
     """
     capture = _Capture(read_only, qualify)
-    _run(conn, guard, stmt, capture)
+    _run(conn, guard, stmt, capture, can_cache)
     if capture.description or read_only:
         try:
             return rows_result(capture.description or (), capture.rows)
@@ -102,10 +106,10 @@ def execute(conn: apsw.Connection, guard: Guard, stmt: Statement, *, read_only: 
 
 
 def execute_to_result(conn: apsw.Connection, guard: Guard, stmt: Statement, *, read_only: bool,
-                      qualify: bool = False) -> Result:
+                      qualify: bool = False, can_cache: bool = False) -> Result:
     """Like execute() but with the failure folded into an error result."""
     try:
-        return execute(conn, guard, stmt, read_only=read_only, qualify=qualify)
+        return execute(conn, guard, stmt, read_only=read_only, qualify=qualify, can_cache=can_cache)
     except StatementFailed as failed:
         return error_result(failed.message)
 
@@ -115,12 +119,12 @@ def is_meta_row(row: Sequence[SQLiteValue]) -> bool:
     return any(isinstance(v, str) and (v == META_TABLE or v.startswith(_META_INDEX_PREFIX)) for v in row)
 
 
-def _run(conn: apsw.Connection, guard: Guard, stmt: Statement, capture: _Capture) -> None:
+def _run(conn: apsw.Connection, guard: Guard, stmt: Statement, capture: _Capture, can_cache: bool) -> None:
     cursor = conn.cursor()
     cursor.exec_trace = capture
     guard.schema_read = False
     try:
-        for row in cursor.execute(stmt.sql, stmt.params, can_cache=not capture.read_only):
+        for row in cursor.execute(stmt.sql, stmt.params, can_cache=can_cache and not capture.read_only):
             if not capture.rows:
                 # the statement may have been re-prepared on its first step (schema change)
                 capture.description = _description(cursor, capture.qualify)
@@ -137,8 +141,8 @@ def _run(conn: apsw.Connection, guard: Guard, stmt: Statement, capture: _Capture
         raise StatementFailed("query timeout" if capture.read_only else "execute timeout") from exc
     except apsw.ReadOnlyError as exc:
         raise StatementFailed(QUERY_WRITE_ERROR if capture.read_only else str(exc)) from exc
-    except apsw.Error as exc:
-        raise StatementFailed(str(exc)) from exc
+    except apsw.Error as exc:  # a guard refusal of a function comes as SQLITE_ERROR, not SQLITE_AUTH
+        raise StatementFailed(guard.explain(exc)) from exc
     except KeyError as exc:
         raise StatementFailed(f"missing named parameter: {exc.args[0]}") from exc
     except UnicodeDecodeError as exc:
