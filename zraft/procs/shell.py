@@ -136,7 +136,11 @@ class RpcServer:
 
     def reply(self, identity: bytes, reply: WireMessage) -> bool:
         """Send `reply` to `identity` without blocking; False (and counted) when dropped."""
-        if send_nowait(self.sock, [identity, *encode(reply)]):
+        return self.reply_frames(identity, encode(reply))
+
+    def reply_frames(self, identity: bytes, frames: list[bytes]) -> bool:
+        """As `reply`, for a reply already encoded (by a worker thread, say)."""
+        if send_nowait(self.sock, [identity, *frames]):
             return True
         self._stats[f"{self._prefix}_reply_dropped"] += 1
         return False

@@ -10,9 +10,10 @@ It owns the node's database and three sockets besides its RPC ROUTER (config.sto
 Requests: WaitApplied and WaitAppliedBatch (the result of an entry once applied), Query (reads
 once an index is applied), StatusRequest (StoreStatus). This module only wires; the logic is
 in `EntryApplier` (the database, results, a full disk), `FetchClient` (and its LagClock),
-`Waiters` (the parked requests) and the skeleton in `shell.py`. One turn (DESIGN.md): poll
-until the next deadline; drain notices, the fetch reply, requests (bounded); fetch if due;
-expire waits; publish a heartbeat if due.
+`Waiters` (the parked requests), `PooledReads` (queries on the read pool's threads: the loop
+thread never runs one) and the skeleton in `shell.py`. One turn (DESIGN.md): poll until the
+next deadline; drain notices, the fetch reply, requests (bounded), finished reads; fetch if
+due; expire waits; publish a heartbeat if due.
 """
 
 from __future__ import annotations
@@ -28,13 +29,12 @@ from zraft.procs.applying import EntryApplier
 from zraft.procs.fetch_client import FETCH_POLL_S, FetchClient
 from zraft.procs.notices import NoticePublisher
 from zraft.procs.shell import MAX_DRAIN, Counters, ExitCode, RpcServer, drain, run_shell
-from zraft.procs.waiters import Waiters
+from zraft.procs.waiters import PooledReads, Waiters
 from zraft.raft import Entry
 from zraft.transport.sockets import publisher, rpc_server, subscriber
 from zraft.wire.messages import (
     AppliedNotice,
     CommitNotice,
-    EntriesReply,
     Query,
     StatusRequest,
     StoreStatus,
@@ -67,6 +67,8 @@ class StoreProcess:
         try:
             self._wire(context)
         except BaseException:
+            if hasattr(self, "waiters"):
+                self.waiters.reads.close()
             self.applier.close()
             raise
 
@@ -76,12 +78,14 @@ class StoreProcess:
             WaitApplied: self._on_wait, Query: self._on_wait, WaitAppliedBatch: self._on_wait_batch,
             StatusRequest: lambda _, req: self.status(req.id),
         }, stats, service="store", prefix="rpc")
-        self.waiters = Waiters(self.applier, self.rpc.reply, config.store.max_wait_ms, stats)
+        reads = PooledReads(config.db_path, config.store, self.rpc.reply_frames, stats)
+        self.waiters = Waiters(self.applier, self.rpc.reply_frames, config.store.max_wait_ms, stats, reads)
         self.notices = NoticePublisher(publisher(ctx, config.store_pub), NOTICE_HEARTBEAT_S, stats)
         self.sub = subscriber(ctx, config.raft_pub)
         self.fetcher = FetchClient(ctx, config.raft_rpc, self._poller, config.raft.fetch_max_bytes, stats)
         self._poller.register(self.rpc.sock, zmq.POLLIN)
         self._poller.register(self.sub, zmq.POLLIN)
+        self._poller.register(reads.fd, zmq.POLLIN)
 
     @property
     def applied(self) -> int:
@@ -91,6 +95,7 @@ class StoreProcess:
         self.running = False
 
     def close(self) -> None:
+        self.waiters.reads.close()  # interrupts running reads, joins the workers
         for sock in (self.rpc.sock, self.notices.sock, self.sub):
             sock.close(linger=0)
         self.fetcher.close()
@@ -109,6 +114,8 @@ class StoreProcess:
             drain(self.fetcher.sock, MAX_DRAIN, self._on_raft_reply, self.stats, "malformed")
         if self.rpc.sock in events:
             self.rpc.drain()
+        if self.waiters.reads.fd in events:
+            self.waiters.reads.collect()
         now = time.monotonic()
         if not self.applier.waiting_for_disk(now):  # else the next fetch brings the failed entries back
             self.fetcher.maybe_fetch(now, self.applied, self.applier.disk_full, self._linger())
@@ -172,7 +179,8 @@ class StoreProcess:
     def status(self, request_id: int = 0) -> StoreStatus:
         return StoreStatus(request_id, applied=self.applied, known_commit=self.fetcher.lag.known_commit,
                            lag_ms=self.fetcher.lag.lag_ms(time.monotonic()), db_path=str(self.config.db_path),
-                           parked=len(self.waiters), disk_full=self.applier.disk_full, stats=dict(self.stats))
+                           parked=len(self.waiters), disk_full=self.applier.disk_full,
+                           stats={**self.stats, **self.waiters.reads.gauges()})
 
 
 def run(config: NodeConfig) -> int:
