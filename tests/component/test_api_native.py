@@ -25,7 +25,7 @@ from tests.component.test_api_support import (
     remove_cluster,
 )
 from zraft.api.errors import BadRequest
-from zraft.api.http import parse_duration
+from zraft.api.params import parse_duration
 from zraft.api.statements import check_count, normalize_client_statement, parse_body
 from zraft.client import Client, ClientError
 from zraft.config import render

@@ -193,6 +193,30 @@ def test_a_batch_answer_with_the_wrong_number_of_rows_fails_each_request_at_once
     asyncio.run(asyncio.wait_for(scenario(), 3))  # at once: long before the requests' deadlines
 
 
+def test_a_request_the_codec_cannot_encode_fails_at_once(ctx) -> None:
+    """An index beyond 64 bits cannot be encoded: the requests of that turn fail with a clear
+    error at once instead of never being sent and waiting out their deadlines."""
+    async def scenario() -> None:
+        router = Router(ctx, lambda msg: [Error(msg.id, ErrorCode.NOT_LEADER, "probe")])
+        server = asyncio.create_task(router.serve())
+        client = AsyncRpcClient(ctx, router.address)
+        try:
+            await _connected(client, router, Propose(0, b"probe"))
+            replies = await asyncio.gather(
+                client.call_batched(WaitApplied(0, 1 << 70, 1, 500, RenderOptions()), 5),
+                client.call_batched(WaitApplied(0, 2, 1, 500, RenderOptions()), 5))
+            for reply in replies:
+                assert isinstance(reply, Error) and reply.code == ErrorCode.INTERNAL
+                assert "cannot encode" in reply.message
+            assert not client._pending
+        finally:
+            client.close()
+            server.cancel()
+            router.sock.close(linger=0)
+
+    asyncio.run(asyncio.wait_for(scenario(), 3))
+
+
 def test_raft_appends_a_propose_batch_in_order(node: Node) -> None:
     reply = node.call(ProposeBatch(9, [b"one", b"two", b"three"]))
     assert isinstance(reply, ProposedBatch)

@@ -8,6 +8,10 @@
   lines are dropped: the command's transaction flag does their job); a SQLite file is turned
   into a SQL dump first, preceded by DROPs of every user object this node currently has, so
   the load replaces the database as rqlite's LOAD command does.
+- Bad input is a ValueError (the api answers 400): text that is not UTF-8, a file that
+  starts like SQLite but is not a database, or one whose text is not UTF-8. A dump keeps
+  TEXT values that are not valid UTF-8 byte for byte (they can be stored with CAST), where
+  Python's sqlite3 would fail on them.
 """
 
 from __future__ import annotations
@@ -46,14 +50,20 @@ def backup_bytes(db_path: str) -> bytes:
 
 
 def dump_sql(db_path: str) -> str:
-    """rqlite's fmt=sql dump of this node's database."""
+    """rqlite's fmt=sql dump of this node's database (TEXT that is not UTF-8 comes out as
+    surrogate escapes: `dump_sql_bytes` turns them back into the stored bytes)."""
     fd, tmp = tempfile.mkstemp(suffix=".sqlite")
     os.close(fd)
     try:
         _copy(db_path, tmp)
-        return "PRAGMA foreign_keys=OFF;\n" + "".join(f"{line}\n" for line in _iterdump(tmp))
+        return "PRAGMA foreign_keys=OFF;\n" + "".join(f"{line}\n" for line in _iterdump(tmp, lossless=True))
     finally:
         _remove(tmp)
+
+
+def dump_sql_bytes(db_path: str) -> bytes:
+    """`dump_sql` as the bytes to send: UTF-8, with every stored byte as it was."""
+    return dump_sql(db_path).encode("utf-8", "surrogateescape")
 
 
 def load_statements(body: bytes, db_path: str) -> list[Statement]:
@@ -64,6 +74,8 @@ def load_statements(body: bytes, db_path: str) -> list[Statement]:
             with os.fdopen(fd, "wb") as f:
                 f.write(body)
             dump = [s for s in _iterdump(tmp) if not _SKIP.match(s)]
+        except sqlite3.Error as exc:  # the magic was there, the rest is not a database we can read
+            raise ValueError(f"invalid request: not a readable SQLite file: {exc}") from None
         finally:
             _remove(tmp)
         return [Statement(s) for s in drop_user_objects(db_path) + dump]
@@ -120,8 +132,10 @@ def _copy(db_path: str, dest_path: str) -> None:
         source.close()
 
 
-def _iterdump(path: str) -> Iterator[str]:
+def _iterdump(path: str, lossless: bool = False) -> Iterator[str]:
     conn = sqlite3.connect(path)
+    if lossless:
+        conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
     try:
         for line in conn.iterdump():
             if META_TABLE in line and (f'"{META_TABLE}"' in line or f"TABLE {META_TABLE}" in line):

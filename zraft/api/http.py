@@ -5,9 +5,19 @@ Rules of this module:
 - routes and methods are exact (ROUTES); an unknown path is 404 and a wrong method 405, both
   with empty bodies, as rqlite answers them; OPTIONS on any path is a 200 CORS pre-flight;
 - query parameters are flags (presence matters, value ignored), durations are Go durations
-  ("500ms", "2s", "1m30s"); anything invalid is a 400 with a one-line text body;
+  ("500ms", "2s", "1m30s") of at most config.api.max_duration_ms (one hour by default), so
+  that no deadline or wire field can overflow; anything invalid is a 400 with a one-line
+  text body;
 - a body larger than config.api.max_body_bytes is a 413 decided from Content-Length before
-  reading anything, and otherwise by a capped read;
+  reading anything, and otherwise by a capped read; a body must arrive within the request's
+  timeout, at least api.request_timeout_ms (408 otherwise), and one that cannot be decoded
+  (chunked framing, gzip) is
+  a 400, both closing the connection; `Expect: 100-continue` is answered only once the
+  request has been admitted and is about to read its body;
+- no input gives a 500: an exception this module did not expect is logged, counted
+  (/debug/vars http.internal_errors, which the fuzz tests require to stay 0) and answered as
+  rqlite answers a failed request, 200 `{"results": [], "error": "internal error"}`;
+- a 301 carries the query string exactly as the client sent it (still percent-encoded);
 - error mapping (zraft.api.errors): BadRequest 400 text, TooLarge 413 text, NotLeader 503
   "leader not found" (301 to the leader with ?redirect), Unavailable/Busy 503 text, every
   other failure 200 `{"results": [], "error": "..."}` as rqlite does, except DiskFull: 503
@@ -22,6 +32,9 @@ Rules of this module:
   ZeroMQ reconnects, and is retried only where nothing can have been appended (not-leader
   answers); resending a write whose outcome is unknown, as rqlite's retries do, could apply
   it twice; `nonvoters` changes nothing on /nodes since every configured node is a voter;
+- connections are bounded (zraft.api.connections.GuardedServer): a header timeout, an idle timeout, and a cap on
+  open connections at which a new one closes the idlest, so that no number of silent or
+  idle sockets can use up the process's descriptors or lock a new client out;
 - /db/request classifies with SQLite (zraft.store.reads, the node's one read/write
   classifier), /db/execute?queue uses zraft.api.queue, /db/backup and /db/load
   zraft.api.backup; statements are rewritten for determinism in zraft.api.service before
@@ -32,16 +45,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
+import logging
+import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+import apsw
 import orjson
 from aiohttp import web
-from multidict import MultiMapping
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http import HttpVersion11
+from aiohttp.web_protocol import RequestPayloadError
 
 from zraft import __version__
 from zraft.api import backup
@@ -54,7 +71,9 @@ from zraft.api.errors import (
     TooLarge,
     Unavailable,
 )
-from zraft.api.service import LEVELS, Outcome, Request, Service
+from zraft.api.connections import Handler
+from zraft.api.params import Params, format_duration, parse_params
+from zraft.api.service import Outcome, Request, Service
 from zraft.api.queue import WriteQueue
 from zraft.api.statements import disallowed_pragma, parse_body
 from zraft.config import NodeConfig
@@ -63,97 +82,13 @@ from zraft.store import reads
 from zraft.wire.messages import ClientOptions
 from zraft.wire.sql import Statement
 
+log = logging.getLogger(__name__)
+
 VERSION_HEADER = "X-RQLITE-VERSION"
 SERVED_BY_HEADER = "X-RQLITE-SERVED-BY"
 JSON_TYPE = "application/json"
 DEFAULT_NODES_TIMEOUT_S = 2.0
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-# == query parameters =========================================================================
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """A Go duration ("1.5s", "300ms", "1m30s", "0") in seconds; ValueError otherwise."""
-    body = text[1:] if text[:1] in "+-" else text
-    if body == "0":
-        return 0.0
-    total, pos = 0.0, 0
-    while pos < len(body):
-        match = _DURATION_PART.match(body, pos)
-        if match is None:
-            raise ValueError(text)
-        total += float(match.group(1)) * _UNIT_S[match.group(2)]
-        pos = match.end()
-    if not body:
-        raise ValueError(text)
-    return -total if text.startswith("-") else total
-
-
-@dataclass(frozen=True, slots=True)
-class Params:
-    pretty: bool = False
-    timings: bool = False
-    transaction: bool = False
-    associative: bool = False
-    blob_array: bool = False
-    raft_index: bool = False
-    redirect: bool = False
-    qualify_columns: bool = False
-    norwrandom: bool = False
-    norwtime: bool = False
-    noparse: bool = False
-    queue: bool = False
-    wait: bool = False
-    noleader: bool = False
-    freshness: float | None = None
-    freshness_strict: bool = False
-    level: str = "weak"
-    timeout: float | None = None
-    db_timeout: float | None = None
-
-
-def parse_params(query: MultiMapping[str]) -> Params:
-    """rqlite's query parameters (http/query_params.go), validated up front."""
-    durations: dict[str, float | None] = {}
-    for key in ("timeout", "freshness", "db_timeout", "linearizable_timeout"):
-        raw = query.get(key)
-        try:
-            durations[key] = None if raw is None else parse_duration(raw)
-        except ValueError:
-            raise BadRequest(f"{key} is not a valid duration") from None
-    for key in ("retries", "trailing_logs"):
-        raw = query.get(key)
-        if raw is not None and not re.fullmatch(r"[+-]?\d+", raw):
-            raise BadRequest(f"{key} is not a valid integer")
-    for key, value in durations.items():
-        if value is not None and value < 0:
-            raise BadRequest(f"{key} must not be negative")
-    if "freshness_strict" in query and "freshness" not in query:
-        raise BadRequest("freshness_strict requires freshness")
-    level = query.get("level", "weak").lower() or "weak"
-    if level == "auto":
-        level = "weak"  # every configured node is a voter
-    if level not in LEVELS:
-        raise BadRequest(f"invalid level {query.get('level')!r}: use none, weak, linearizable or strong")
-    timeout = durations["timeout"]
-    linearizable = durations["linearizable_timeout"]
-    if level == "linearizable" and linearizable:
-        timeout = min(timeout, linearizable) if timeout else linearizable
-    return Params(
-        pretty="pretty" in query, timings="timings" in query, transaction="transaction" in query,
-        associative="associative" in query, blob_array="blob_array" in query,
-        raft_index="raft_index" in query, redirect="redirect" in query,
-        qualify_columns="qualify_columns" in query, norwrandom="norwrandom" in query,
-        norwtime="norwtime" in query, noparse="noparse" in query, queue="queue" in query,
-        wait="wait" in query,
-        noleader="noleader" in query, freshness=durations["freshness"],
-        freshness_strict="freshness_strict" in query, level=level, timeout=timeout,
-        db_timeout=durations["db_timeout"],
-    )
 
 
 def _options(params: Params) -> ClientOptions:
@@ -188,14 +123,26 @@ def empty_response(status: int) -> web.Response:
     return web.Response(status=status)
 
 
+class BrokenBody(ApiError):
+    """The request body could not be read: not in time (408) or not decodable (400). The
+    connection is closed after the answer, since the rest of the stream cannot be trusted."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class HttpApi:
-    """The aiohttp handlers; one instance per process."""
+    """The request handler (`dispatch`, for aiohttp's low-level server); one per process."""
 
     def __init__(self, service: Service, config: NodeConfig) -> None:
         self.service = service
         self.config = config
-        self.queue = WriteQueue(self._flush_queue)
+        self.queue = WriteQueue(self._flush_queue, capacity=config.api.max_queued_statements)
         self.started = time.time()
+        self.internal_errors = 0
+        self.connection_stats: Callable[[], dict[str, int]] = dict
+        """Counters of the HTTP connections, for /debug/vars (set by the process)."""
         self.routes: dict[str, tuple[frozenset[str], Handler]] = {
             "/db/execute": (frozenset({"POST"}), self.execute),
             "/db/query": (frozenset({"GET", "POST"}), self.query),
@@ -210,17 +157,21 @@ class HttpApi:
             "/db/load": (frozenset({"POST"}), self.load),
         }
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.api.max_body_bytes)
-        app.router.add_route("*", "/{tail:.*}", self.dispatch)
-        return app
+    async def close(self) -> None:
+        """Stop the queue's flushing task (queued writes not yet flushed are dropped)."""
+        await self.queue.close()
 
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        response = await self._dispatch(request)
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            response = await self._dispatch(request)
+        except Exception:  # noqa: BLE001 - the one place an unexpected failure is turned into an answer
+            self.internal_errors += 1
+            log.exception("internal error serving %s %s", request.method, request.path)
+            response = self._error(request, ApiError("internal error"))
         response.headers[VERSION_HEADER] = f"v{__version__}"
         return response
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "OPTIONS":
             return web.Response(status=200, headers={
                 "Access-Control-Allow-Methods": "OPTIONS, GET, POST",
@@ -231,24 +182,28 @@ class HttpApi:
         methods, handler = route
         if request.method not in methods:
             return web.Response(status=405, headers={"Allow": ", ".join(sorted(methods))})
+        expect = request.headers.get("Expect")
+        if expect is not None and request.version >= HttpVersion11 and expect.lower() != "100-continue":
+            return text_response(417, "unsupported Expect header: only 100-continue is")  # as Go's net/http
         try:
             return await handler(request)
         except ApiError as exc:
             return self._error(request, exc)
 
-    def _error(self, request: web.Request, exc: ApiError) -> web.Response:
+    def _error(self, request: web.BaseRequest, exc: ApiError) -> web.Response:
         if isinstance(exc, BadRequest):
             return text_response(400, exc.message)
-        if isinstance(exc, TooLarge):
-            response = text_response(413, exc.message)
+        if isinstance(exc, TooLarge | BrokenBody):
+            response = text_response(exc.status if isinstance(exc, BrokenBody) else 413, exc.message)
             response.force_close()  # the rest of the body is never read
             return response
         if isinstance(exc, NotLeader):
             peer = self.config.peer(exc.leader) if exc.leader else None
             if peer is not None and "redirect" in request.query:
+                # rqlite: the leader, the path, and the query exactly as it was sent (RawQuery)
                 location = f"http://{peer.http}{request.path}"
-                if request.query_string:
-                    location += f"?{request.query_string}"
+                if raw_query := request.rel_url.raw_query_string:
+                    location += f"?{raw_query}"
                 return web.Response(status=301, headers={"Location": location})
             return text_response(503, LEADER_NOT_FOUND)
         if isinstance(exc, Unavailable):
@@ -260,21 +215,22 @@ class HttpApi:
                             content_type=JSON_TYPE, charset="utf-8")
 
     # == /db ===================================================================================
-    async def execute(self, request: web.Request) -> web.StreamResponse:
-        params = parse_params(request.query)
+    async def execute(self, request: web.BaseRequest) -> web.StreamResponse:
+        params = self._params(request)
         self._check_length(request)
         if params.queue:
             return await self._queued(request, params)
         with self.service.admit():
-            statements = self._statements(request, await self._read_body(request))
+            statements = self._statements(request, await self._read_body(request, params))
             self._check_pragmas(statements)
             start = time.perf_counter()
             outcome = await self.service.execute(self._request(statements, params))
             return self._results(outcome, params, start)
 
-    async def _queued(self, request: web.Request, params: Params) -> web.StreamResponse:
+    async def _queued(self, request: web.BaseRequest, params: Params) -> web.StreamResponse:
         """rqlite queued writes (§8.1): answered at once with a sequence number."""
-        body = await self._read_body(request)
+        with self.service.admit():  # for the time its body takes to arrive
+            body = await self._read_body(request, params)
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -301,14 +257,14 @@ class HttpApi:
                       options=ClientOptions(norwrandom=True, norwtime=True))  # rewritten when queued
         return await self.service.execute(req)
 
-    async def unified(self, request: web.Request) -> web.StreamResponse:
+    async def unified(self, request: web.BaseRequest) -> web.StreamResponse:
         """rqlite /db/request: reads at the requested level, anything that writes via the log."""
-        params = parse_params(request.query)
+        params = self._params(request)
         self._check_length(request)
         if params.queue:
             raise BadRequest("queued writes are not supported by the unified endpoint")
         with self.service.admit():
-            body = await self._read_body(request)
+            body = await self._read_body(request, params)
             try:
                 doc = orjson.loads(body)
             except orjson.JSONDecodeError:
@@ -317,14 +273,23 @@ class HttpApi:
             self._check_pragmas(statements)
             start = time.perf_counter()
             req = self._request(statements, params)
-            read_only = params.level != "strong" and await asyncio.to_thread(
-                reads.all_read_only, str(self.config.db_path), [s.sql for s in statements])
+            read_only = params.level != "strong" and await self._all_read_only(statements)
             if read_only:
                 await self._check_freshness(params)
                 outcome = await self.service.query(req)
             else:
                 outcome = await self.service.execute(req)
             return self._results(outcome, params, start)
+
+    async def _all_read_only(self, statements: list[Statement]) -> bool:
+        """zraft.store.reads' verdict; a statement it cannot even hand to SQLite (apsw refuses
+        a NUL character with ValueError) counts as a write, like one that does not compile:
+        the log then gives it the store's own per-statement error on every node."""
+        try:
+            return await asyncio.to_thread(reads.all_read_only, str(self.config.db_path),
+                                           [s.sql for s in statements])
+        except (ValueError, apsw.Error, OSError):
+            return False
 
     @staticmethod
     def _check_pragmas(statements: list[Statement]) -> None:
@@ -339,8 +304,8 @@ class HttpApi:
         timeout = params.timeout or self.config.api.request_timeout_ms / 1000
         await self.service.check_freshness(params.freshness, params.freshness_strict, timeout)
 
-    async def query(self, request: web.Request) -> web.StreamResponse:
-        params = parse_params(request.query)
+    async def query(self, request: web.BaseRequest) -> web.StreamResponse:
+        params = self._params(request)
         get = request.method == "GET"
         q = self._q(request) if get else ""
         if not get:
@@ -349,7 +314,7 @@ class HttpApi:
             if get:
                 statements = [Statement(q)]
             else:
-                statements = self._statements(request, await self._read_body(request))
+                statements = self._statements(request, await self._read_body(request, params))
             self._check_pragmas(statements)
             await self._check_freshness(params)
             start = time.perf_counter()
@@ -357,7 +322,7 @@ class HttpApi:
             return self._results(outcome, params, start)
 
     @staticmethod
-    def _q(request: web.Request) -> str:
+    def _q(request: web.BaseRequest) -> str:
         q = request.query.get("q")
         if q is None:
             raise BadRequest("bad query GET request: use ?q=<sql> or POST a JSON body")
@@ -365,25 +330,40 @@ class HttpApi:
             raise BadRequest("query parameter not set")
         return q
 
+    def _params(self, request: web.BaseRequest) -> Params:
+        return parse_params(request.query, self.config.api.max_duration_ms / 1000)
+
     def _request(self, statements: list[Statement], params: Params) -> Request:
         return Request(statements=statements, deadline=self.service.deadline(params.timeout),
                        level=params.level, options=_options(params), redirect=params.redirect)
 
-    def _check_length(self, request: web.Request) -> None:
+    def _check_length(self, request: web.BaseRequest) -> None:
         length = request.content_length
         if length is not None and length > self.config.api.max_body_bytes:
             raise TooLarge(f"request body too large: {length} > {self.config.api.max_body_bytes} bytes")
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def _read_body(self, request: web.BaseRequest, params: Params) -> bytes:
+        """The whole body, at most max_body_bytes of it, within the request's timeout (but
+        never less than api.request_timeout_ms: a short timeout is meant for the work, not
+        for a large upload). The work gets its own deadline once the body is in."""
         limit = self.config.api.max_body_bytes
+        seconds = max(params.timeout or 0.0, self.config.api.request_timeout_ms / 1000)
         body = bytearray()
-        while chunk := await request.content.readany():
-            body += chunk
-            if len(body) > limit:
-                raise TooLarge(f"request body too large: more than {limit} bytes")
+        try:
+            async with asyncio.timeout(seconds):
+                if request.version >= HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                while chunk := await request.content.readany():
+                    body += chunk
+                    if len(body) > limit:
+                        raise TooLarge(f"request body too large: more than {limit} bytes")
+        except TimeoutError:
+            raise BrokenBody(408, f"request body not received within {format_duration(seconds)}") from None
+        except (RequestPayloadError, HttpProcessingError, ConnectionError) as exc:
+            raise BrokenBody(400, f"invalid request body: {exc.__class__.__name__}") from None
         return bytes(body)
 
-    def _statements(self, request: web.Request, body: bytes) -> list[Statement]:
+    def _statements(self, request: web.BaseRequest, body: bytes) -> list[Statement]:
         if request.content_type.startswith("text/plain"):
             try:
                 return [Statement(body.decode())]
@@ -412,25 +392,31 @@ class HttpApi:
             response.headers[SERVED_BY_HEADER] = peer.http
         return response
 
-    async def sql(self, request: web.Request) -> web.StreamResponse:
+    async def sql(self, request: web.BaseRequest) -> web.StreamResponse:
         """rqlite v9.4 /db/sql: how each statement would be rewritten; never touches the DB."""
-        params = parse_params(request.query)
+        params = self._params(request)
         if request.method == "GET":
             statements = [Statement(self._q(request))]
         else:
             self._check_length(request)
-            statements = self._statements(request, await self._read_body(request))
+            statements = self._statements(request, await self._read_body(request, params))
         start = time.perf_counter()
-        results: list[Any] = [explain_rewrite(s.sql, random=not params.norwrandom, time=not params.norwtime)
-                              for s in statements]
+        results: list[Any] = [self._explain(s.sql, params) for s in statements]
         doc: dict[str, Any] = {"results": results}
         if params.timings:
             doc["time"] = time.perf_counter() - start
         return json_response(doc, params)
 
+    @staticmethod
+    def _explain(sql: str, params: Params) -> dict[str, str]:
+        try:
+            return explain_rewrite(sql, random=not params.norwrandom, time=not params.norwtime)
+        except ValueError as exc:  # apsw refuses to compile a NUL character: no grammar verdict
+            return {"original": sql, "error": str(exc)}
+
     # == backup and load =====================================================================
-    async def backup(self, request: web.Request) -> web.StreamResponse:
-        params = parse_params(request.query)
+    async def backup(self, request: web.BaseRequest) -> web.StreamResponse:
+        params = self._params(request)
         fmt = (request.query.get("fmt") or "binary").lower()  # rqlite: unknown means binary
         if "vacuum" in request.query and fmt == "sql":
             raise BadRequest("vacuum is not supported with the SQL format")
@@ -448,21 +434,26 @@ class HttpApi:
                     synced, line = await self.service.sync_check(params.timeout or 5.0)
                     if not synced:
                         raise Unavailable(line.removeprefix("[+]").strip())
-            if fmt == "sql":
-                text = await asyncio.to_thread(backup.dump_sql, path)
-                return web.Response(body=text.encode(), content_type="application/sql")
-            data = await asyncio.to_thread(backup.backup_bytes, path)
+            try:
+                if fmt == "sql":
+                    data = await asyncio.to_thread(backup.dump_sql_bytes, path)
+                    return web.Response(body=data, content_type="application/sql")
+                data = await asyncio.to_thread(backup.backup_bytes, path)
+            except (apsw.Error, sqlite3.Error, OSError) as exc:  # no database yet, or it is busy
+                raise Unavailable(f"backup failed: {exc}") from None
             return web.Response(body=data, content_type="application/octet-stream")
 
-    async def load(self, request: web.Request) -> web.StreamResponse:
-        params = parse_params(request.query)
+    async def load(self, request: web.BaseRequest) -> web.StreamResponse:
+        params = self._params(request)
         self._check_length(request)
         with self.service.admit():
-            body = await self._read_body(request)
+            body = await self._read_body(request, params)
             try:
                 statements = await asyncio.to_thread(backup.load_statements, body, str(self.config.db_path))
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
+            except (apsw.Error, OSError) as exc:  # this node's database could not be read
+                raise Unavailable(f"load failed: {exc}") from None
             start = time.perf_counter()
             if not statements:
                 return self._results(Outcome([], 0, self.config.id), params, start)
@@ -474,8 +465,8 @@ class HttpApi:
             return self._results(outcome, params, start)
 
     # == node-local endpoints ==================================================================
-    async def status(self, request: web.Request) -> web.StreamResponse:
-        params = parse_params(request.query)
+    async def status(self, request: web.BaseRequest) -> web.StreamResponse:
+        params = self._params(request)
         doc: Any = await self.service.status_document()
         key = request.query.get("key")
         if key:
@@ -483,23 +474,23 @@ class HttpApi:
                 doc = doc.get(part, {}) if isinstance(doc, dict) else {}
         return json_response(doc, params)
 
-    async def nodes(self, request: web.Request) -> web.StreamResponse:
-        params = parse_params(request.query)
+    async def nodes(self, request: web.BaseRequest) -> web.StreamResponse:
+        params = self._params(request)
         nodes = await self.service.nodes(params.timeout or DEFAULT_NODES_TIMEOUT_S)
         if request.query.get("ver") == "2":
             return json_response({"nodes": sorted(nodes, key=lambda n: int(n["id"]))}, params)
         return json_response({n["id"]: n for n in nodes}, params)
 
-    async def leader(self, request: web.Request) -> web.StreamResponse:
-        params = parse_params(request.query)
+    async def leader(self, request: web.BaseRequest) -> web.StreamResponse:
+        params = self._params(request)
         nodes = await self.service.nodes(params.timeout or DEFAULT_NODES_TIMEOUT_S)
         leader = next((n for n in nodes if n["leader"]), None)
         if leader is None:
             return text_response(503, LEADER_NOT_FOUND)
         return json_response(leader, params)
 
-    async def readyz(self, request: web.Request) -> web.StreamResponse:
-        params = parse_params(request.query)
+    async def readyz(self, request: web.BaseRequest) -> web.StreamResponse:
+        params = self._params(request)
         ready, text = await self.service.readiness(noleader="noleader" in request.query)
         if ready and "sync" in request.query and "noleader" not in request.query:
             synced, line = await self.service.sync_check(params.timeout or 5.0)
@@ -507,13 +498,14 @@ class HttpApi:
             ready = synced
         return web.Response(status=200 if ready else 503, text=text)
 
-    async def debug_vars(self, request: web.Request) -> web.StreamResponse:
+    async def debug_vars(self, request: web.BaseRequest) -> web.StreamResponse:
         """rqlite's expvar page: counters of this process."""
-        params = parse_params(request.query)
+        params = self._params(request)
         stats = self.queue.stats
         doc: dict[str, Any] = {
             "cmdline": sys.argv,
-            "http": {"in_flight": self.service.in_flight, "uptime_s": time.time() - self.started},
+            "http": {"in_flight": self.service.in_flight, "uptime_s": time.time() - self.started,
+                     "internal_errors": self.internal_errors, "connections": self.connection_stats()},
             "queue": {"queued": stats.queued, "flushes": stats.flushes, "statements": stats.statements,
                       "failed_flushes": stats.failed_flushes, "dropped": stats.dropped,
                       "sequence_number": stats.sequence_number},

@@ -9,6 +9,11 @@ up to ``seq`` has been applied (or was given up on, see below).
 A flush that fails for want of a leader or in time is retried every second, as rqlite does; a
 flush refused as a bad request (it can never succeed) is dropped and logged. SQL errors are
 per-statement results and, as in rqlite, only visible in the counters.
+
+The queue is bounded: a request that would take the statements waiting beyond ``capacity``
+(api.max_queued_statements) is refused with Busy (503), so that clients writing faster than
+the cluster applies, or while it has no leader, cannot grow the api process without limit.
+rqlite blocks such a request instead; a refusal tells the client at once and holds nothing.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from zraft.api.errors import ApiError, BadRequest
+from zraft.api.errors import ApiError, BadRequest, Busy
 from zraft.store.command import Statement
 
 log = logging.getLogger(__name__)
@@ -29,6 +35,7 @@ Flush = Callable[[list[Statement]], Awaitable[object]]
 BATCH_SIZE = 128
 BATCH_TIMEOUT_S = 0.05
 RETRY_S = 1.0
+CAPACITY = 100_000
 
 
 @dataclass
@@ -46,13 +53,15 @@ class WriteQueue:
     """One per API process; used from its event loop only."""
 
     def __init__(self, flush: Flush, *, batch_size: int = BATCH_SIZE, timeout_s: float = BATCH_TIMEOUT_S,
-                 retry_s: float = RETRY_S) -> None:
+                 retry_s: float = RETRY_S, capacity: int = CAPACITY) -> None:
         self._flush = flush
         self.batch_size = batch_size
         self.timeout_s = timeout_s
         self.retry_s = retry_s
+        self.capacity = capacity
         self._seq = time.time_ns()
-        self._pending: list[tuple[int, list[Statement]]] = []
+        self._pending: deque[tuple[int, list[Statement]]] = deque()
+        self._waiting = 0  # statements queued and not yet flushed (the batch in flight included)
         self._done_seq = self._seq  # every request with a number <= this one is finished
         self._changed = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -60,13 +69,17 @@ class WriteQueue:
         self.stats = QueueStats(sequence_number=self._seq)
 
     def enqueue(self, statements: list[Statement]) -> int:
-        """Queue ``statements`` (may be empty: a barrier); returns the sequence number."""
+        """Queue ``statements`` (may be empty: a barrier); returns the sequence number. Busy
+        when the queue would then hold more than ``capacity`` statements."""
+        if statements and self._waiting + len(statements) > self.capacity:
+            raise Busy(f"write queue full: {self._waiting} statements waiting, at most {self.capacity}")
         self._seq += 1
         self._pending.append((self._seq, statements))
+        self._waiting += len(statements)
         self.stats.queued += 1
         self.stats.sequence_number = self._seq
         self._ensure_task()
-        if sum(len(s) for _, s in self._pending) >= self.batch_size:
+        if self._waiting >= self.batch_size:
             self._wakeup.set()
         return self._seq
 
@@ -106,7 +119,7 @@ class WriteQueue:
             batch: list[tuple[int, list[Statement]]] = []
             size = 0
             while self._pending and (not batch or size + len(self._pending[0][1]) <= self.batch_size):
-                seq, stmts = self._pending.pop(0)
+                seq, stmts = self._pending.popleft()
                 batch.append((seq, stmts))
                 size += len(stmts)
             await self._flush_batch(batch)
@@ -127,5 +140,10 @@ class WriteQueue:
                 self.stats.failed_flushes += 1
                 log.warning("queued write flush failed, retrying in %.1fs: %s", self.retry_s, exc.message)
                 await asyncio.sleep(self.retry_s)
+            except Exception:  # noqa: BLE001 - a bug must not stop the queue: drop the batch, keep going
+                log.exception("queued write dropped (%d statements)", len(statements))
+                self.stats.dropped += len(statements)
+                break
+        self._waiting -= sum(len(stmts) for _, stmts in batch)
         self._done_seq = max(self._done_seq, batch[-1][0])
         self._changed.set()

@@ -193,7 +193,7 @@ class Service:
     # == writes ================================================================================
     async def execute(self, req: Request) -> Outcome:
         req.statements = self.rewritten(req, read_only=False)
-        data = _command(req.statements, req.transaction)
+        data = _command(req.statements, req.transaction, budget=self.config.store.max_write_steps)
         return await self._through_log(req, data, self._forward_execute)
 
     @staticmethod
@@ -265,7 +265,9 @@ class Service:
             return await self._local_query(req, 0)
         if req.level == "strong":
             req.statements = self.rewritten(req, read_only=True)
-            return await self._through_log(req, _command(req.statements, req.transaction, read_only=True),
+            data = _command(req.statements, req.transaction, read_only=True,
+                            budget=self.config.store.max_write_steps)
+            return await self._through_log(req, data,
                                            self._forward_query)
         if req.level == "weak":
             return await self._weak_query(req)
@@ -462,9 +464,15 @@ class Service:
         return True, text + "[+]store ok\n[+]db ok\n"
 
 
-def _command(statements: list[Statement], transaction: bool, read_only: bool = False) -> bytes:
+def _command(statements: list[Statement], transaction: bool, read_only: bool = False,
+             budget: int | None = None) -> bytes:
+    """The log entry for a request, stamped here, once, by the node that proposes it: this
+    node's wall clock (ms), a random 63-bit seed and the entry's SQLite VM-step budget
+    (`store.max_write_steps`; the store's default when None). Every node applies the entry
+    with this clock and seed and stops it after this many steps, whatever its own clock and
+    configuration (zraft/store/DESIGN.md, "Determinism")."""
     try:
-        return encode_command(Command(statements=statements, transaction=transaction, read_only=read_only))
+        return encode_command(Command.stamped(statements, transaction, read_only, budget=budget))
     except CommandError as exc:
         raise BadRequest(str(exc)) from None
 

@@ -31,8 +31,8 @@ from typing import TypeVar, cast
 
 import zmq
 
-from zraft.api.errors import ApiError, Timeout, Unavailable, from_wire
-from zraft.transport.sockets import api_dealer, api_server, api_subscriber
+from zraft.api.errors import ApiError, Timeout, TooLarge, Unavailable, from_wire
+from zraft.transport.sockets import NATIVE_MAX_FRAME, api_dealer, api_server, api_subscriber
 from zraft.wire import RemoteProtocolError, WireMessage, decode, encode
 from zraft.wire.messages import (
     Appended,
@@ -135,8 +135,13 @@ class _Pump:
 class AsyncRpcClient(_Pump):
     """A DEALER with many requests in flight; replies are matched by `id`."""
 
-    def __init__(self, ctx: Context, address: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, ctx: Context, address: str, loop: asyncio.AbstractEventLoop | None = None,
+                 max_request_bytes: int | None = None) -> None:
+        """`max_request_bytes`: the far end's frame cap (another node's native endpoint,
+        sockets.native_max_frame_bytes); a request with a larger frame is refused here with
+        TooLarge instead of costing the connection, and every request on it."""
         self.address = address
+        self._max_request_bytes = max_request_bytes
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[WireMessage]] = {}
         self._outbox: deque[tuple[int, Frames]] = deque()
@@ -160,6 +165,9 @@ class AsyncRpcClient(_Pump):
         timer = self._loop.call_later(timeout, self._expire, request_id, timeout)
         try:
             frames = encode(msg)
+            if self._max_request_bytes is not None and max(map(len, frames)) > self._max_request_bytes:
+                raise TooLarge(f"the request is {max(map(len, frames))} bytes encoded; {self.address} takes "
+                               f"at most {self._max_request_bytes}")
             if self._outbox or not self._send(frames):
                 self._outbox.append((request_id, frames))
                 self._arm_retry()
@@ -204,29 +212,36 @@ class AsyncRpcClient(_Pump):
             if future is not None and not future.done():  # an expired request is never sent
                 (proposes if isinstance(item[1], Propose) else waits).append(item)
         for group in (proposes, waits):
-            if not group:
-                continue
-            if len(group) == 1:
-                request_id, msg, _ = group[0]
-                self._send_or_queue(request_id, encode(msg))
-                continue
-            batch_id = next(self._ids)
-            batch: WireMessage
-            if group is proposes:
-                batch = ProposeBatch(id=batch_id, payloads=[cast(Propose, m).data for _, m, _ in group])
-                self._batches[batch_id] = [request_id for request_id, _, _ in group]
-                self._loop.call_later(max(t for _, _, t in group) + 1.0, self._batches.pop, batch_id, None)
-            else:
-                batch = WaitAppliedBatch(id=batch_id, requests=[
-                    BatchedWait(w.id, w.index, w.term, w.timeout_ms, w.options)
-                    for w in (cast(WaitApplied, m) for _, m, _ in group)])
-            if self._outbox or not self._send(encode(batch)):
-                # Slow path (peer not connected or full): queue them one by one, so that the
-                # retry never sends a request whose deadline has passed.
-                self._batches.pop(batch_id, None)
-                for request_id, msg, _ in group:
-                    self._outbox.append((request_id, encode(msg)))
-                self._arm_retry()
+            if group:
+                try:
+                    self._flush_group(group, proposes)
+                except (TypeError, ValueError) as exc:  # a message the codec cannot encode
+                    self._fail([request_id for request_id, _, _ in group], f"cannot encode the request: {exc}")
+
+    def _flush_group(self, group: list[tuple[int, Propose | WaitApplied, float]],
+                     proposes: list[tuple[int, Propose | WaitApplied, float]]) -> None:
+        """Send one kind of the turn's requests: alone, or as one batch message."""
+        if len(group) == 1:
+            request_id, msg, _ = group[0]
+            self._send_or_queue(request_id, encode(msg))
+            return
+        batch_id = next(self._ids)
+        batch: WireMessage
+        if group is proposes:
+            batch = ProposeBatch(id=batch_id, payloads=[cast(Propose, m).data for _, m, _ in group])
+            self._batches[batch_id] = [request_id for request_id, _, _ in group]
+            self._loop.call_later(max(t for _, _, t in group) + 1.0, self._batches.pop, batch_id, None)
+        else:
+            batch = WaitAppliedBatch(id=batch_id, requests=[
+                BatchedWait(w.id, w.index, w.term, w.timeout_ms, w.options)
+                for w in (cast(WaitApplied, m) for _, m, _ in group)])
+        if self._outbox or not self._send(encode(batch)):
+            # Slow path (peer not connected or full): queue them one by one, so that the
+            # retry never sends a request whose deadline has passed.
+            self._batches.pop(batch_id, None)
+            for request_id, msg, _ in group:
+                self._outbox.append((request_id, encode(msg)))
+            self._arm_retry()
 
     def _send_or_queue(self, request_id: int, frames: Frames) -> None:
         if self._outbox or not self._send(frames):
@@ -353,8 +368,8 @@ class AsyncRpcServer(_Pump):
     """A ROUTER serving requests concurrently, one task each, replying to the sender."""
 
     def __init__(self, ctx: Context, address: str, handler: Handler,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
-        sock = api_server(ctx, address)
+                 loop: asyncio.AbstractEventLoop | None = None, max_frame_bytes: int = NATIVE_MAX_FRAME) -> None:
+        sock = api_server(ctx, address, max_frame_bytes)
         self.address = address
         self._handler = handler
         self._tasks: set[asyncio.Task[None]] = set()
@@ -526,9 +541,10 @@ class ZmqPeerClient:
 class PeerClients:
     """One lazily made ZmqPeerClient per peer node id, from the configured peers."""
 
-    def __init__(self, ctx: Context, addresses: dict[int, str]) -> None:
+    def __init__(self, ctx: Context, addresses: dict[int, str], max_request_bytes: int | None = None) -> None:
         self._ctx = ctx
         self._addresses = addresses
+        self._max_request_bytes = max_request_bytes
         self._clients: dict[int, ZmqPeerClient] = {}
 
     def get(self, node_id: int) -> ZmqPeerClient | None:
@@ -537,7 +553,8 @@ class PeerClients:
             address = self._addresses.get(node_id)
             if address is None:
                 return None
-            client = self._clients[node_id] = ZmqPeerClient(AsyncRpcClient(self._ctx, address))
+            client = self._clients[node_id] = ZmqPeerClient(
+                AsyncRpcClient(self._ctx, address, max_request_bytes=self._max_request_bytes))
         return client
 
     def close(self) -> None:

@@ -8,6 +8,13 @@ One event loop (uvloop when installed) drives aiohttp and every ZeroMQ socket (t
 - ROUTER on me().api_zmq      (ClientExecute, ClientQuery, StatusRequest: forwarding + native)
 - DEALER -> each peer's api_zmq, made on first use (forwarding to the leader)
 
+HTTP connections are bounded (zraft.api.connections.GuardedServer): header and idle timeouts, and
+api.max_connections open at once. At start the process raises its RLIMIT_NOFILE soft limit to
+the hard limit (logged), and lowers the connection cap, with a warning, when the descriptors
+left after FD_RESERVE and accept bursts would not hold it (connection_cap): the cap, not
+the kernel, must be what a flood of sockets meets, or accept() fails with EMFILE and every
+client is locked out.
+
 Lifecycle: SIGTERM or SIGINT -> stop accepting (HTTP listener and native endpoint), let the
 requests in flight finish within their deadlines, close every socket with LINGER=0, return
 0. A failure to start (a port in use, a bad address) or a crash returns 1, so that the
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import resource
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -26,6 +34,7 @@ from typing import Any
 import zmq
 from aiohttp import web
 
+from zraft.api.connections import GuardedServer
 from zraft.api.http import HttpApi
 from zraft.api.native import NativeHandler
 from zraft.api.service import Service
@@ -39,9 +48,47 @@ from zraft.api.zmq_client import (
 )
 from zraft.config import NodeConfig
 from zraft.procs.shell import profiled
-from zraft.transport.sockets import from_own_address
+from zraft.transport.sockets import from_own_address, native_max_frame_bytes
 
 log = logging.getLogger(__name__)
+
+FD_RESERVE = 256
+"""Descriptors kept for everything but HTTP connections: ZeroMQ sockets and their I/O
+threads, peers, SQLite files opened for /db/request, /db/backup and /db/load, logs."""
+HTTP_BACKLOG = 512
+"""listen() backlog (the kernel caps it at net.core.somaxconn): a burst of connections waits
+in the kernel's queue instead of having its SYNs dropped and retried a second later."""
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("raised RLIMIT_NOFILE soft limit from %d to %d", soft, target)
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise RLIMIT_NOFILE soft limit from %d to %d: %s", soft, target, exc)
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def listen_backlog(fd_limit: int) -> int:
+    """HTTP_BACKLOG, smaller under a small descriptor limit."""
+    if fd_limit == resource.RLIM_INFINITY:
+        return HTTP_BACKLOG
+    return min(HTTP_BACKLOG, max(64, fd_limit // 16))
+
+
+def connection_cap(wanted: int, fd_limit: int) -> int:
+    """api.max_connections, lowered when the descriptors would not hold that many. Above the
+    cap sit FD_RESERVE and twice the backlog: asyncio accepts up to a backlog's worth of
+    connections in one go before the server sees any of them, and the descriptor of each
+    connection they evict is released a loop turn later (measured: 11,639 descriptors at the
+    peak of a 20,000-socket flood against a cap of 10,000 with a backlog of 1024)."""
+    if fd_limit == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, fd_limit - FD_RESERVE - 2 * listen_backlog(fd_limit)))
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -63,7 +110,8 @@ class ApiProcess:
         self._subscriber: AsyncSubscriber | None = None
         self._native: AsyncRpcServer | None = None
         self._peers: PeerClients | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
+        self._http: HttpApi | None = None
         self.service: Service | None = None
         self.http_port = 0
 
@@ -74,27 +122,41 @@ class ApiProcess:
         self._rpcs = [raft_rpc, store_rpc]
         own = config.me().api_zmq
         self._peers = PeerClients(self.ctx, {p.id: from_own_address(p.api_zmq, own)
-                                             for p in config.peers if p.id != config.id})
+                                             for p in config.peers if p.id != config.id},
+                                  max_request_bytes=native_max_frame_bytes(config.api))
         service = self.service = Service(config, ZmqRaftClient(raft_rpc), ZmqStoreClient(store_rpc),
                                          self._peers)
         if config.raft_pub:
             self._subscriber = AsyncSubscriber(self.ctx, config.raft_pub, service.on_notice)
         grace = config.api.request_timeout_ms / 1000 + 1
-        self._runner = web.AppRunner(HttpApi(service, config).app(), access_log=None,
-                                     shutdown_timeout=grace)
+        self._http = HttpApi(service, config)
+        fd_limit = raise_fd_limit()
+        cap = connection_cap(config.api.max_connections, fd_limit)
+        if cap < config.api.max_connections:
+            log.warning("api.max_connections lowered from %d to %d: RLIMIT_NOFILE is %d",
+                        config.api.max_connections, cap, fd_limit)
+        # handler_cancellation: a client that goes away frees its admission slot at once
+        server = GuardedServer(self._http.dispatch, max_connections=cap,
+                               header_timeout_s=config.api.header_timeout_ms / 1000,
+                               idle_timeout_s=config.api.idle_timeout_ms / 1000,
+                               handler_cancellation=True, access_log=None)
+        self._http.connection_stats = server.stats
+        self._runner = web.ServerRunner(server, shutdown_timeout=grace)
         await self._runner.setup()
         host, port = split_host_port(config.me().http)
         if self._http_port_override is not None:
             port = self._http_port_override
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, backlog=listen_backlog(fd_limit))
         await site.start()
         sockets = self._runner.addresses
         self.http_port = sockets[0][1] if sockets else port
         # After the HTTP port: binding an ipc path takes it over from a process already
         # serving it, so a second copy of this process must fail on the TCP port first.
-        self._native = AsyncRpcServer(self.ctx, config.me().api_zmq, NativeHandler(service))
-        log.info("api process for node %d serving http on %s:%d and native on %s",
-                 config.id, host, self.http_port, config.me().api_zmq)
+        self._native = AsyncRpcServer(self.ctx, config.me().api_zmq, NativeHandler(service),
+                                      max_frame_bytes=native_max_frame_bytes(config.api))
+        log.info("api process for node %d serving http on %s:%d (at most %d connections, header "
+                 "timeout %d ms, idle timeout %d ms) and native on %s", config.id, host, self.http_port,
+                 cap, config.api.header_timeout_ms, config.api.idle_timeout_ms, config.me().api_zmq)
 
     async def close(self) -> None:
         """Stop accepting, finish what is in flight, close every socket (LINGER=0)."""
@@ -105,6 +167,8 @@ class ApiProcess:
         if self._native is not None:
             closing.append(self._native.close(grace))
         await asyncio.gather(*closing, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
         if self._subscriber is not None:
             self._subscriber.close()
         if self._peers is not None:
