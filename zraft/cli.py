@@ -235,3 +235,68 @@ def _stop_cleanly_on_signals() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+
+@main.command()
+@click.option("--cases", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Generated cases, each checked on every node when it ends.")
+@click.option("--seed", type=int, default=None, help="Seed of the generator (default: from the clock, printed).")
+@click.option("--per-cluster", type=click.IntRange(min=1), default=25, show_default=True,
+              help="Cases per cluster lifetime (each lifetime: a fresh cluster, clocks and zones rotated).")
+@click.option("--out", type=click.Path(file_okay=False), default="diverge-out", show_default=True,
+              help="Folder for summary.json, each divergent case's statements and its cluster's logs.")
+@click.option("--http-port", type=click.IntRange(0, 65000), default=0, show_default=True,
+              help="Node i serves HTTP on PORT + 2(i-1); 0 picks free ports.")
+@click.option("--kill-rate", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Share of cases during which a store is killed (-9) mid-request.")
+@click.option("--clocks", default="+0,+3600,-7200", show_default=True,
+              help="libfaketime spec of each node's wall clock, node 1 first.")
+@click.option("--zones", default=None, help="TZ of each node's processes, node 1 first [default: "
+              "UTC,America/New_York,Asia/Kathmandu, or POSIX TZ strings with the same offsets without tzdata].")
+@click.option("--no-escapes", is_flag=True, help="Leave out temp objects, total_changes() and pragma_database_list.")
+@click.option("--no-sources", is_flag=True,
+              help="Leave out time and randomness too: a control run, where any divergence is the store's "
+                   "or the harness's.")
+@click.option("--only-case", type=click.IntRange(min=0), default=None,
+              help="Run only this case of the seed (as printed for a divergence).")
+@click.option("--replay", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Run exactly the case saved in this file (OUT/case-NNNN.json, written for each divergence).")
+@click.option("--stop-after", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Stop once this many cases have diverged (0: never).")
+@click.option("--keep", is_flag=True, help="Keep every cluster folder, not only those that diverged.")
+@click.option("--nondeterministic-apply", is_flag=True,
+              help="TEST ONLY: stores apply without the deterministic overrides (shows that the test bites).")
+def diverge(cases: int, seed: int | None, per_cluster: int, out: str, http_port: int, kill_rate: float,
+            clocks: str, zones: str | None, no_escapes: bool, no_sources: bool, only_case: int | None,
+            replay: str | None, stop_after: int, keep: bool,
+            nondeterministic_apply: bool) -> None:
+    """Hunt for replicas that differ: generated statements that reach every source of time
+    and randomness, nodes under different clocks and time zones, stores killed at random.
+
+    The last line reads `C cases, S statements, T tables compared, D divergences, ...`; the exit
+    code is 0 only when no table differed between nodes and every case finished."""
+    import time as _time
+    from pathlib import Path
+
+    try:
+        from zraft.chaos.divergence import DEFAULT_ZONES, DivergeOptions, run
+        from zraft.chaos.sqlgen import Grammar
+    except ImportError as exc:  # hypothesis comes with the test extra
+        click.echo(f"zraft diverge: {exc}; install the test extra: pip install -e '.[test]'", err=True)
+        sys.exit(2)
+
+    chosen = seed if seed is not None else int(_time.time()) % 100_000
+    click.echo(f"zraft diverge --seed {chosen} --cases {cases} --per-cluster {per_cluster}")
+    options = DivergeOptions(cases=cases, seed=chosen, per_cluster=per_cluster, out=Path(out), http_port=http_port,
+                             kill_rate=kill_rate, clocks=tuple(c.strip() for c in clocks.split(",")),
+                             zones=tuple(z.strip() for z in zones.split(",")) if zones else DEFAULT_ZONES,
+                             grammar=Grammar(sources=not no_sources, escapes=not (no_escapes or no_sources)),
+                             only_case=only_case, replay=Path(replay) if replay else None, stop_after=stop_after,
+                             keep=keep,
+                             nondeterministic_apply=nondeterministic_apply)
+    _stop_cleanly_on_signals()
+    try:
+        summary = run(options, click.echo)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(0 if summary.passed else 1)
