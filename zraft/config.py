@@ -49,6 +49,27 @@ class StoreSettings:
     apply_batch_entries: int = 512
     results_kept: int = 100_000
     max_wait_ms: int = 60_000
+    read_workers: int = 4
+    max_queued_reads: int = 1000
+    read_timeout_ms: int = 60_000
+    max_result_bytes: int = 32 << 20
+    max_write_steps: int = 500_000_000
+    """SQLite VM steps one log entry may run (stamped into the entry by its proposer; equal to
+    zraft.store.command.DEFAULT_BUDGET)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_result_bytes, int) and self.max_result_bytes > MAX_RESULT_BYTES:
+            raise ConfigError(f"store.max_result_bytes = {self.max_result_bytes}: at most {MAX_RESULT_BYTES} "
+                              "(a reply must stay under the wire's 64 MiB cap)")
+        if isinstance(self.max_write_steps, int) and not 1 <= self.max_write_steps <= MAX_WRITE_STEPS:
+            raise ConfigError(f"store.max_write_steps = {self.max_write_steps}: from 1 to {MAX_WRITE_STEPS}")
+
+
+MAX_WRITE_STEPS = 50_000_000_000
+"""The largest store.max_write_steps: what an entry may carry (zraft.store.command.MAX_BUDGET)."""
+MAX_RESULT_BYTES = 60 << 20
+"""The largest store.max_result_bytes: a reply's header is refused above 64 MiB
+(zraft.wire.codec.MAX_HEADER_BYTES), and the envelope needs some room."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +78,11 @@ class ApiSettings:
     request_timeout_ms: int = 10_000
     max_statements: int = 100_000
     max_in_flight: int = 10_000
+    max_duration_ms: int = 3_600_000
+    max_connections: int = 10_000
+    header_timeout_ms: int = 10_000
+    idle_timeout_ms: int = 75_000
+    max_queued_statements: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,3 +82,12 @@ def test_cluster_moves_sockets_out_of_a_deep_data_folder(tmp_path):
     assert len(config.store_pub.removeprefix("ipc://")) <= 100
     shallow = load(write_configs(tmp_path / "c", 1, 4001)[0])
     assert shallow.store_pub == f"ipc://{shallow.data_dir}/store-pub.sock"
+
+
+def test_the_write_step_bound_is_the_one_entries_may_carry() -> None:
+    from zraft.config import MAX_WRITE_STEPS, StoreSettings
+    from zraft.store.command import DEFAULT_BUDGET, MAX_BUDGET
+
+    assert MAX_WRITE_STEPS == MAX_BUDGET and StoreSettings().max_write_steps == DEFAULT_BUDGET
+    with pytest.raises(ConfigError):
+        StoreSettings(max_write_steps=MAX_BUDGET + 1)
