@@ -113,15 +113,19 @@ _DIR = click.option("--dir", "directory", type=click.Path(file_okay=False), defa
               help="Node i serves HTTP on PORT + 2(i-1).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
               help="Seconds to wait for a leader.")
-def cluster_up(nodes: int, directory: str, http_port: int, timeout: float) -> None:
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a node setting in every generated config, e.g. snapshot_threshold=500 or "
+                   "store.read_workers=8 (repeatable; keys as in config/zraft.example.toml).")
+def cluster_up(nodes: int, directory: str, http_port: int, timeout: float, overrides: tuple[str, ...]) -> None:
     """Start a local cluster and return once a leader is elected."""
     from pathlib import Path
 
     from zraft.cluster import ClusterError, up
+    from zraft.config import ConfigError
 
     try:
-        statuses = up(Path(directory), nodes, http_port, timeout)
-    except ClusterError as exc:
+        statuses = up(Path(directory), nodes, http_port, timeout, overrides=overrides)
+    except (ClusterError, ConfigError) as exc:
         click.echo(f"zraft cluster up: {exc}", err=True)
         sys.exit(1)
     for node in statuses:
@@ -171,6 +175,45 @@ def shell(host: str, scheme: str, timeout: float) -> None:
     from zraft.shell import run
 
     sys.exit(run(host, scheme, timeout))
+
+
+@main.command()
+@click.option("--http", "address", required=True, help="The node to back up from: HOST:PORT (or a full URL).")
+@click.argument("file", type=click.Path(dir_okay=False, writable=True))
+@click.option("--fmt", type=click.Choice(["binary", "sql", "delete"]), default="binary", show_default=True,
+              help="A SQLite file (binary and delete are the same in zraft: rollback-journal mode) or a SQL dump.")
+@click.option("--compress", is_flag=True, help="gzip on the node; FILE is then gzip data.")
+@click.option("--vacuum", is_flag=True, help="VACUUM the copy first (binary formats only).")
+@click.option("--tables", default="", metavar="A,B", help="SQL dump only: just these tables.")
+@click.option("--noleader", is_flag=True, help="Back up this node's own copy even when it is not the leader.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds to wait for the node at any one moment (not for the whole download).")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar on stderr [default: when stderr is a terminal].")
+def backup(address: str, file: str, fmt: str, compress: bool, vacuum: bool, tables: str, noleader: bool,
+           timeout: float, progress: bool | None) -> None:
+    """Stream a backup of the database into FILE (written as FILE.part, renamed when complete)."""
+    from pathlib import Path
+
+    from zraft.download import BackupRequest, DownloadError, ProgressBar, download
+    from zraft.shell import base_url
+
+    request = BackupRequest(fmt=fmt, compress=compress, vacuum=vacuum, noleader=noleader,
+                            tables=tuple(t.strip() for t in tables.split(",") if t.strip()))
+    try:
+        request.check()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        with ProgressBar(Path(file).name, show) as bar:
+            done = download(base_url(address, "http"), request, Path(file), timeout, bar)
+    except DownloadError as exc:
+        click.echo(f"zraft backup: {exc}", err=True)
+        sys.exit(1)
+    rate = done.size / max(done.seconds, 1e-6) / (1 << 20)
+    click.echo(f"backup written to {file}: {done.size:,} bytes in {done.seconds:.1f} s ({rate:.1f} MiB/s) "
+               f"from {done.url.split('/db/backup')[0]}", err=True)
 
 
 @main.command()

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zraft.config import NodeConfig, Peer, RaftSettings, load, render
+from zraft.config import NodeConfig, Peer, RaftSettings, load, render, with_overrides
 
 PROCESSES = ("raft", "store", "api")
 DEFAULT_DIR = Path("zraft-cluster")
@@ -87,7 +87,7 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 def write_configs(directory: Path, nodes: int, http_port: int,
                   raft: RaftSettings | None = None, hosts: Sequence[str] | None = None,
-                  data_subdir: str = "") -> list[Path]:
+                  data_subdir: str = "", overrides: Sequence[str] = ()) -> list[Path]:
     """One zraft.toml per node in DIR/node<i>; the data lives there too, or in a subfolder
     `data_subdir` of it (the chaos suite mounts failing filesystems there)."""
     peers = node_peers(nodes, http_port, hosts)
@@ -102,6 +102,7 @@ def write_configs(directory: Path, nodes: int, http_port: int,
                             raft_pub=f"ipc://{sockets}/raft-pub.sock",
                             store_rpc=f"ipc://{sockets}/store.sock",
                             store_pub=f"ipc://{sockets}/store-pub.sock")
+        config = with_overrides(config, overrides)
         path = node_dir / "zraft.toml"
         path.write_text(render(config))
         paths.append(path)
@@ -171,11 +172,12 @@ def supervisord_conf(directory: Path, config_paths: list[Path], fake_clock: bool
 
 def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
        raft: RaftSettings | None = None, hosts: Sequence[str] | None = None,
-       fake_clock: bool = False, data_subdir: str = "") -> list[NodeStatus]:
+       fake_clock: bool = False, data_subdir: str = "", overrides: Sequence[str] = ()) -> list[NodeStatus]:
     """Write configs, start supervisord with nodes x 3 programs, and wait for a leader.
 
     `hosts` gives each node its own listen address (the chaos suite uses 127.0.0.2, .3, ...
-    so that firewall rules can cut one node off from another)."""
+    so that firewall rules can cut one node off from another). `overrides` are "KEY=VALUE"
+    settings applied to every node's file (config.with_overrides)."""
     directory.mkdir(parents=True, exist_ok=True)
     if _supervisord_pid(directory) is not None:
         raise ClusterError(f"a cluster is already running in {directory}; run `zraft cluster down` first")
@@ -184,7 +186,7 @@ def up(directory: Path, nodes: int, http_port: int, timeout_s: float = 30.0,
     if busy:
         raise ClusterError(f"ports already in use: {', '.join(busy)}; "
                            "choose another --http-port or stop whatever holds them")
-    config_paths = write_configs(directory, nodes, http_port, raft, hosts, data_subdir)
+    config_paths = write_configs(directory, nodes, http_port, raft, hosts, data_subdir, overrides)
     conf = directory / "supervisord.conf"
     conf.write_text(supervisord_conf(directory, config_paths, fake_clock))
     subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf.resolve())],

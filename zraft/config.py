@@ -11,6 +11,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -83,6 +84,18 @@ class ApiSettings:
     header_timeout_ms: int = 10_000
     idle_timeout_ms: int = 75_000
     max_queued_statements: int = 100_000
+    max_concurrent_backups: int = 2
+    """/db/backup requests served at once; each holds a copy of the database on disk and a
+    worker thread (zraft.api.backup_stream)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_concurrent_backups, int) and self.max_concurrent_backups > MAX_CONCURRENT_BACKUPS:
+            raise ConfigError(f"api.max_concurrent_backups = {self.max_concurrent_backups}: at most "
+                              f"{MAX_CONCURRENT_BACKUPS} (each backup takes a thread and a copy of the database)")
+
+
+MAX_CONCURRENT_BACKUPS = 16
+"""The largest api.max_concurrent_backups: more copies at once would only compete for one disk."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +224,47 @@ def _settings(cls: type[Any], raw: dict[str, Any]) -> Any:
 def _reject_unknown(where: str, raw: dict[str, Any]) -> None:
     if raw:
         raise ConfigError(f"unknown keys at {where}: {sorted(raw)}")
+
+
+SECTIONS = ("raft", "store", "api")
+
+
+def with_overrides(config: NodeConfig, assignments: Sequence[str]) -> NodeConfig:
+    """`config` with each "KEY=VALUE" applied: KEY is `section.name` or a bare `name` that only
+    one section has (`snapshot_threshold=500`). Used by `zraft cluster up --set`; an unknown
+    key, an ambiguous one or a value the setting refuses is a ConfigError naming it."""
+    changes: dict[str, dict[str, int]] = {section: {} for section in SECTIONS}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE")
+        section, name = _setting_of(key.strip())
+        try:
+            value = int(text.strip().replace("_", ""), 0)
+        except ValueError:
+            raise ConfigError(f"--set {assignment!r}: {text.strip()!r} is not an integer") from None
+        changes[section][name] = _require_int(value, f"{section}.{name}")
+    return replace(config, **{section: replace(getattr(config, section), **values)
+                              for section, values in changes.items() if values})
+
+
+def _setting_of(key: str) -> tuple[str, str]:
+    if "." in key:
+        section, _, name = key.partition(".")
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {key}: no section [{section}] (sections: {', '.join(SECTIONS)})")
+        if name not in {f.name for f in fields(_SECTION_TYPES[section])}:
+            raise ConfigError(f"--set {key}: [{section}] has no setting {name!r}")
+        return section, name
+    owners = [s for s in SECTIONS if key in {f.name for f in fields(_SECTION_TYPES[s])}]
+    if not owners:
+        raise ConfigError(f"--set {key}: no such setting (see config/zraft.example.toml)")
+    if len(owners) > 1:
+        raise ConfigError(f"--set {key}: ambiguous, say {' or '.join(f'{o}.{key}' for o in owners)}")
+    return owners[0], key
+
+
+_SECTION_TYPES: dict[str, type[Any]] = {"raft": RaftSettings, "store": StoreSettings, "api": ApiSettings}
 
 
 def render(config: NodeConfig) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from zraft.config import ApiSettings, ConfigError, RaftSettings, StoreSettings, from_dict, load, render
+from zraft.config import (ApiSettings, ConfigError, NodeConfig, RaftSettings, StoreSettings, from_dict, load, render,
+                          with_overrides)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "zraft.example.toml"
 
@@ -91,3 +93,43 @@ def test_the_write_step_bound_is_the_one_entries_may_carry() -> None:
     assert MAX_WRITE_STEPS == MAX_BUDGET and StoreSettings().max_write_steps == DEFAULT_BUDGET
     with pytest.raises(ConfigError):
         StoreSettings(max_write_steps=MAX_BUDGET + 1)
+
+
+def _sample() -> NodeConfig:
+    return from_dict({"node": {"id": 1}, "peers": [{"id": 1, "raft": "tcp://127.0.0.1:1", "http": "127.0.0.1:2",
+                                                    "api_zmq": "tcp://127.0.0.1:3"}]})
+
+
+def test_overrides_take_bare_or_sectioned_keys_and_integers_in_any_base() -> None:
+    config = with_overrides(_sample(), ["read_workers=8", "raft.tick_ms=0x20", "api.max_connections = 1_000"])
+    assert config.store.read_workers == 8
+    assert config.raft.tick_ms == 32
+    assert config.api.max_connections == 1000
+    assert config.store.max_wait_ms == StoreSettings().max_wait_ms  # untouched
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("read_workers", "expected KEY=VALUE"),
+    ("=3", "expected KEY=VALUE"),
+    ("no_such_setting=1", "no such setting"),
+    ("disk.tick_ms=1", "no section [disk]"),
+    ("api.tick_ms=1", "[api] has no setting 'tick_ms'"),
+    ("tick_ms=fast", "is not an integer"),
+    ("tick_ms=0", "must be a positive integer"),
+    ("store.max_write_steps=1000000000000000", "store.max_write_steps"),
+])
+def test_a_bad_override_is_a_clear_error(assignment: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        with_overrides(_sample(), [assignment])
+
+
+def test_cluster_up_refuses_a_bad_override_before_starting_anything(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from zraft.cli import main
+
+    result = CliRunner().invoke(main, ["cluster", "up", "--dir", str(tmp_path / "c"), "--http-port", "4890",
+                                       "--set", "snapshot_thresold=5"])
+    assert result.exit_code == 1
+    assert "snapshot_thresold: no such setting" in result.output
+    assert not (tmp_path / "c" / "supervisord.conf").exists()
