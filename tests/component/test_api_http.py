@@ -398,6 +398,9 @@ def test_status_has_rqlite_store_and_raft_sections(env: Env) -> None:
     assert doc["node"]["id"] == "1" and "pid" in doc["os"]
     assert env.node.json("GET", "/status?key=store.raft.state")[1] == "Leader"
     assert store["raft"]["disk_full"] == "" and store["fsm"]["disk_full"] == ""  # README: "When a disk fills"
+    # rqlite's log fields, and the entries the log holds now (nothing compacted in the fake)
+    assert (store["raft"]["last_snapshot_index"], store["raft"]["last_snapshot_term"]) == (0, 0)
+    assert store["raft"]["log_entries"] == store["raft"]["last_log_index"] > 0 and "log_size" in store["raft"]
 
 
 def test_status_shows_the_one_applied_index_the_stores(env: Env) -> None:

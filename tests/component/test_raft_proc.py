@@ -77,6 +77,9 @@ def test_a_leader_is_elected(cluster):
     assert status["role"] == "leader" and status["voters"] == [1, 2, 3] and status["term"] >= 1
     for key in ("node_id", "term", "leader", "commit", "last_index", "learners", "epoch"):
         assert key in status
+    # nothing compacted yet; the log's files (one preallocated segment at least) are counted
+    assert (status["snapshot_index"], status["snapshot_term"]) == (0, 0)
+    assert status["log_bytes"] >= sum(p.stat().st_size for p in leader.config.log_dir.glob("*.seg")) > 0
 
 
 def test_propose_on_leader_and_follower(cluster):

@@ -356,7 +356,10 @@ class Service:
                                "state": ROLE_NAMES.get(raft.role, raft.role), "term": raft.term,
                                "commit_index": raft.commit, "applied_index": applied,
                                "last_log_index": raft.last_index, "voter": True,
-                               "num_peers": len(self.config.peers) - 1}
+                               "num_peers": len(self.config.peers) - 1,
+                               "last_snapshot_index": raft.snapshot_index,
+                               "last_snapshot_term": raft.snapshot_term, "log_size": raft.log_bytes,
+                               "log_entries": max(raft.last_index - raft.snapshot_index, 0)}
         else:
             section["ready"] = False
             section["raft"] = {"error": _describe(raft)}

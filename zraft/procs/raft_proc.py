@@ -33,6 +33,7 @@ import random
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import zmq
 
@@ -296,7 +297,17 @@ class RaftProcess:
             voters=list(core.conf.voters), learners=list(core.conf.learners),
             epoch=self.notices.publisher.epoch, seq=self.notices.publisher.seq, pending_reads=len(self.reads),
             disk_full=self.disk.reason, vote_floor=list(core.vote_floor), stats=dict(self.stats),
-            progress=progress)
+            progress=progress, snapshot_index=core.log.snapshot.index, snapshot_term=core.log.snapshot.term,
+            log_bytes=_files_bytes(self.config.log_dir))
+
+
+def _files_bytes(folder: Path) -> int:
+    """Bytes of the regular files directly in `folder` (0 if it cannot be read)."""
+    try:
+        with os.scandir(folder) as items:
+            return sum(item.stat().st_size for item in items if item.is_file(follow_symlinks=False))
+    except OSError:
+        return 0
 
 
 def _core_config(config: NodeConfig) -> RaftConfig:

@@ -299,6 +299,11 @@ class RaftStatus(WireMessage):
     stats: dict[str, int] = field(default_factory=dict)
     progress: dict[str, PeerProgress] = field(default_factory=dict)
     """On a leader: each follower's replication, by node id."""
+    snapshot_index: int = 0
+    """Where the log starts: entries up to here are compacted (0: nothing is)."""
+    snapshot_term: int = 0
+    log_bytes: int = 0
+    """The log's files on disk (segments include preallocated space)."""
 
 
 @dataclass(slots=True)

@@ -48,7 +48,8 @@ SAMPLE_VALUES: dict[str, Any] = {
     "entries": [Entry(3, 41, EntryKind.NORMAL, b"cmd"), Entry(3, 42, EntryKind.CONF, b"v=1,2;l=")],
     "role": "leader", "vote": 1, "raft_commit": 10, "first_index": 1, "last_index": 11, "voters": [1, 2, 3],
     "learners": [4], "pending_reads": 2, "vote_floor": [0, 0], "stats": {"syncs": 5},
-    "progress": {"2": PeerProgress(9, 10, "replicate")}, "known_commit": 9, "lag_ms": None,
+    "progress": {"2": PeerProgress(9, 10, "replicate")}, "snapshot_index": 6, "snapshot_term": 2,
+    "log_bytes": 4096, "known_commit": 9, "lag_ms": None,
     "db_path": "/data/db.sqlite", "parked": 1,
 }
 SAMPLE_OVERRIDES: dict[tuple[str, str], Any] = {
