@@ -22,13 +22,16 @@ from email.message import Message
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from zraft.download import BackupRequest, DownloadError, download
+
 HISTORY_FILE = "~/.zraft_history"
 LEVELS = ("none", "weak", "linearizable", "strong")
 VERSION_HEADER = "X-Rqlite-Version"
 
 HELP = """\
+.backup FILE                                  Write a backup of the database (a SQLite file) to FILE
 .consistency [none|weak|linearizable|strong]  Show or set the read consistency level
-.dump [FILE]                                  Dump the database as SQL (to FILE or the screen)
+.dump [FILE [TABLE,TABLE...]]                 Dump the database (or some tables) as SQL, to FILE or the screen
 .exit                                         Exit this program
 .expvar                                       Show expvar (Go runtime) information for the node
 .help                                         Show this message
@@ -285,7 +288,7 @@ class Shell:
             ".indexes": self.cmd_indexes, ".dump": self.cmd_dump, ".nodes": self.cmd_nodes,
             ".status": self.cmd_status, ".expvar": self.cmd_expvar, ".ready": self.cmd_ready,
             ".timer": self.cmd_timer, ".consistency": self.cmd_consistency,
-            ".leader": self.cmd_leader,
+            ".leader": self.cmd_leader, ".backup": self.cmd_backup,
         }.get(name)
         if handler is None:
             self.error(f'unknown command "{name}", enter ".help" for usage hints')
@@ -416,7 +419,23 @@ class Shell:
         for line in format_tree(doc):
             self.say(line)
 
+    def cmd_backup(self, args: list[str]) -> None:
+        if len(args) != 1:
+            raise ShellError("usage: .backup FILE")
+        self._download(BackupRequest(), args[0])
+        self.say("backup file written successfully")
+
+    def _download(self, request: BackupRequest, file: str) -> None:
+        """Stream /db/backup into `file` (zraft.download: FILE.part, renamed when complete)."""
+        try:
+            download(self.client.base_url, request, Path(file).expanduser(), self.client.timeout)
+        except DownloadError as exc:
+            raise ShellError(str(exc)) from None
+
     def cmd_dump(self, args: list[str]) -> None:
+        if args:
+            self._dump_to_file(args[0], args[1] if len(args) > 1 else "")
+            return
         response = self.client.request("GET", "/db/backup", [("fmt", "sql")])
         if response.status == 200:
             text = response.text()
@@ -424,15 +443,23 @@ class Shell:
             text = "\n".join(self.dump_lines()) + "\n"
         else:
             raise ShellError(response.failure())
-        if args:
+        self.out.write(text)
+        self.out.flush()
+
+    def _dump_to_file(self, file: str, tables: str) -> None:
+        """The node's dump streamed into `file`; one built from queries for a server without
+        /db/backup?fmt=sql (all tables then)."""
+        request = BackupRequest(fmt="sql", tables=tuple(t.strip() for t in tables.split(",") if t.strip()))
+        try:
+            download(self.client.base_url, request, Path(file).expanduser(), self.client.timeout)
+        except DownloadError as exc:
+            if exc.status not in (404, 405):
+                raise ShellError(str(exc)) from None
             try:
-                Path(args[0]).expanduser().write_text(text)
+                Path(file).expanduser().write_text("\n".join(self.dump_lines()) + "\n")
             except OSError as exc:
-                raise ShellError(f"cannot write {args[0]}: {exc.strerror or exc}") from None
-            self.say(f"SQL text file written successfully to {args[0]}")
-        else:
-            self.out.write(text)
-            self.out.flush()
+                raise ShellError(f"cannot write {file}: {exc.strerror or exc}") from None
+        self.say(f"SQL text file written successfully to {file}")
 
     def _query_one(self, sql: str, params: list[tuple[str, str]]) -> dict[str, Any]:
         results = self._results(self.client.request("POST", "/db/query", params, [sql]))

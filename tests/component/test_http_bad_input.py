@@ -9,6 +9,7 @@ import gzip
 import logging
 import socket
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from tests.component.test_api_http import Env, start_env, stop_env
 from tests.component.test_api_support import Delayed, FakeServer, Handler, leader_endpoint
 from tests.integration.test_http_fuzz import RawRequest, exchange, raw_requests, status_of
-from zraft.api import backup
+from zraft.api import backup_files
 from zraft.wire.messages import Error, ErrorCode, WireMessage
 
 pytestmark = pytest.mark.timeout(120)
@@ -122,14 +123,16 @@ def test_a_dump_keeps_text_that_is_not_utf8_byte_for_byte(env: Env) -> None:
     assert b"INSERT INTO \"t\" VALUES('\xff\xfeA');" in body, body
 
 
-def test_dump_sql_bytes_round_trips_invalid_utf8(tmp_path: Path) -> None:
+def test_dump_round_trips_invalid_utf8(tmp_path: Path) -> None:
     db = tmp_path / "db.sqlite"
     conn = sqlite3.connect(db)
     conn.execute("CREATE TABLE t (a)")
     conn.execute("INSERT INTO t VALUES (CAST(x'c3289f' AS TEXT))")
     conn.commit()
     conn.close()
-    assert b"'\xc3\x28\x9f'" in backup.dump_sql_bytes(str(db))
+    out = tmp_path / "dump.sql"
+    backup_files.write_dump(str(db), out, (), threading.Event())
+    assert b"'\xc3\x28\x9f'" in out.read_bytes()
 
 
 # == a table of awkward inputs, every endpoint ================================================

@@ -37,35 +37,6 @@ def is_sqlite_file(data: bytes) -> bool:
     return data[:13] == SQLITE_MAGIC
 
 
-def backup_bytes(db_path: str) -> bytes:
-    """A self-contained SQLite file with the user's data (zraft's table removed)."""
-    fd, tmp = tempfile.mkstemp(suffix=".sqlite")
-    os.close(fd)
-    try:
-        _copy(db_path, tmp)
-        with open(tmp, "rb") as f:
-            return f.read()
-    finally:
-        _remove(tmp)
-
-
-def dump_sql(db_path: str) -> str:
-    """rqlite's fmt=sql dump of this node's database (TEXT that is not UTF-8 comes out as
-    surrogate escapes: `dump_sql_bytes` turns them back into the stored bytes)."""
-    fd, tmp = tempfile.mkstemp(suffix=".sqlite")
-    os.close(fd)
-    try:
-        _copy(db_path, tmp)
-        return "PRAGMA foreign_keys=OFF;\n" + "".join(f"{line}\n" for line in _iterdump(tmp, lossless=True))
-    finally:
-        _remove(tmp)
-
-
-def dump_sql_bytes(db_path: str) -> bytes:
-    """`dump_sql` as the bytes to send: UTF-8, with every stored byte as it was."""
-    return dump_sql(db_path).encode("utf-8", "surrogateescape")
-
-
 def load_statements(body: bytes, db_path: str) -> list[Statement]:
     """The statements one /db/load body becomes (raises ValueError for undecodable text)."""
     if is_sqlite_file(body):
@@ -117,19 +88,6 @@ def drop_user_objects(db_path: str) -> list[str]:
     quote = '"{}"'.format
     return [f"DROP {str(kind).upper()} IF EXISTS {quote(str(name).replace(chr(34), chr(34) * 2))}"
             for kind, name in sorted(rows, key=lambda r: r[0] != "view")]
-
-
-def _copy(db_path: str, dest_path: str) -> None:
-    source = apsw.Connection(db_path, flags=apsw.SQLITE_OPEN_READONLY)
-    dest = apsw.Connection(dest_path)
-    try:
-        with dest.backup("main", source, "main") as backup:
-            backup.step(-1)
-        dest.execute("PRAGMA journal_mode=DELETE")
-        dest.execute(f"DROP TABLE IF EXISTS {META_TABLE}")
-    finally:
-        dest.close()
-        source.close()
 
 
 def _iterdump(path: str, lossless: bool = False) -> Iterator[str]:

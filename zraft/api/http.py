@@ -36,7 +36,8 @@ Rules of this module:
   open connections at which a new one closes the idlest, so that no number of silent or
   idle sockets can use up the process's descriptors or lock a new client out;
 - /db/request classifies with SQLite (zraft.store.reads, the node's one read/write
-  classifier), /db/execute?queue uses zraft.api.queue, /db/backup and /db/load
+  classifier), /db/execute?queue uses zraft.api.queue, /db/backup zraft.api.backup_stream
+  (a streamed response: its headers are set before they are sent), /db/load
   zraft.api.backup; statements are rewritten for determinism in zraft.api.service before
   they enter the log.
 """
@@ -46,11 +47,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import apsw
@@ -62,6 +63,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from zraft import __version__
 from zraft.api import backup
+from zraft.api.backup_stream import BackupSpec, Backups
 from zraft.api.errors import (
     LEADER_NOT_FOUND,
     ApiError,
@@ -88,6 +90,13 @@ VERSION_HEADER = "X-RQLITE-VERSION"
 SERVED_BY_HEADER = "X-RQLITE-SERVED-BY"
 JSON_TYPE = "application/json"
 DEFAULT_NODES_TIMEOUT_S = 2.0
+SCRATCH_DIR = "tmp"
+"""Backups' scratch files, under the node's data folder (zraft.api.backup_stream)."""
+
+
+def scratch_dir(config: NodeConfig) -> Path:
+    """Where backups copy the database: beside it, on its own file system."""
+    return config.data_dir / SCRATCH_DIR
 
 
 
@@ -139,6 +148,8 @@ class HttpApi:
         self.service = service
         self.config = config
         self.queue = WriteQueue(self._flush_queue, capacity=config.api.max_queued_statements)
+        self.backups = Backups(str(config.db_path), scratch_dir(config), config.api.max_concurrent_backups,
+                               write_timeout_s=config.api.idle_timeout_ms / 1000)
         self.started = time.time()
         self.internal_errors = 0
         self.connection_stats: Callable[[], dict[str, int]] = dict
@@ -158,8 +169,10 @@ class HttpApi:
         }
 
     async def close(self) -> None:
-        """Stop the queue's flushing task (queued writes not yet flushed are dropped)."""
+        """Stop the queue's flushing task (queued writes not yet flushed are dropped) and the
+        backups' workers."""
         await self.queue.close()
+        self.backups.close()
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
@@ -168,7 +181,8 @@ class HttpApi:
             self.internal_errors += 1
             log.exception("internal error serving %s %s", request.method, request.path)
             response = self._error(request, ApiError("internal error"))
-        response.headers[VERSION_HEADER] = f"v{__version__}"
+        if not response.prepared:  # a streamed response set its headers before sending them
+            response.headers[VERSION_HEADER] = f"v{__version__}"
         return response
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -416,32 +430,29 @@ class HttpApi:
 
     # == backup and load =====================================================================
     async def backup(self, request: web.BaseRequest) -> web.StreamResponse:
+        """rqlite's /db/backup, streamed from a scratch copy (zraft.api.backup_stream)."""
         params = self._params(request)
-        fmt = (request.query.get("fmt") or "binary").lower()  # rqlite: unknown means binary
-        if "vacuum" in request.query and fmt == "sql":
-            raise BadRequest("vacuum is not supported with the SQL format")
-        path = str(self.config.db_path)
+        spec = BackupSpec.from_query(request.query)
         with self.service.admit():
-            if "noleader" not in request.query:
-                # rqlite backs up the leader's copy: redirect there if asked, else serve this
-                # node's copy once it has applied everything committed so far
-                leader = await self.service.current_leader(2.0)
-                if leader != self.config.id:
-                    if not leader:
-                        raise NotLeader(LEADER_NOT_FOUND)
-                    if "redirect" in request.query:
-                        raise NotLeader("not leader", leader=leader)
-                    synced, line = await self.service.sync_check(params.timeout or 5.0)
-                    if not synced:
-                        raise Unavailable(line.removeprefix("[+]").strip())
-            try:
-                if fmt == "sql":
-                    data = await asyncio.to_thread(backup.dump_sql_bytes, path)
-                    return web.Response(body=data, content_type="application/sql")
-                data = await asyncio.to_thread(backup.backup_bytes, path)
-            except (apsw.Error, sqlite3.Error, OSError) as exc:  # no database yet, or it is busy
-                raise Unavailable(f"backup failed: {exc}") from None
-            return web.Response(body=data, content_type="application/octet-stream")
+            await self._backup_here(request, params)
+            headers = {VERSION_HEADER: f"v{__version__}", SERVED_BY_HEADER: self.config.me().http}
+            return await self.backups.serve(request, spec, headers)
+
+    async def _backup_here(self, request: web.BaseRequest, params: Params) -> None:
+        """rqlite backs up the leader's copy: without `noleader`, a follower redirects there if
+        asked, else serves its own copy once it has applied everything committed so far."""
+        if "noleader" in request.query:
+            return
+        leader = await self.service.current_leader(2.0)
+        if leader == self.config.id:
+            return
+        if not leader:
+            raise NotLeader(LEADER_NOT_FOUND)
+        if "redirect" in request.query:
+            raise NotLeader("not leader", leader=leader)
+        synced, line = await self.service.sync_check(params.timeout or 5.0)
+        if not synced:
+            raise Unavailable(line.removeprefix("[+]").strip())
 
     async def load(self, request: web.BaseRequest) -> web.StreamResponse:
         params = self._params(request)
@@ -511,6 +522,7 @@ class HttpApi:
                       "sequence_number": stats.sequence_number},
             "store": {"leader_cache": {"leader": self.service.leader_cache.leader,
                                        "term": self.service.leader_cache.term}},
+            "backup": self.backups.stats(),
         }
         key = request.query.get("key")
         if key:

@@ -130,6 +130,9 @@ class ApiProcess:
             self._subscriber = AsyncSubscriber(self.ctx, config.raft_pub, service.on_notice)
         grace = config.api.request_timeout_ms / 1000 + 1
         self._http = HttpApi(service, config)
+        removed = self._http.backups.clean()
+        if removed:
+            log.info("removed %d scratch files left by an earlier backup in %s", removed, self._http.backups.scratch)
         fd_limit = raise_fd_limit()
         cap = connection_cap(config.api.max_connections, fd_limit)
         if cap < config.api.max_connections:
