@@ -43,6 +43,14 @@ class RaftSettings:
     max_pending_proposals: int = 10_000
     fetch_max_bytes: int = 4 << 20
     segment_bytes: int = 64 << 20
+    snapshot_threshold: int = 8192
+    """Compact the log once it holds this many entries beyond `trailing_logs` (rqlite's -raft-snap);
+    the store makes its database durable every quarter of it."""
+    trailing_logs: int = 10240
+    """Entries kept below the compaction point, so that a briefly lagging follower still catches
+    up from the log rather than a snapshot (rqlite keeps 1.25 x the threshold)."""
+    snapshot_interval_ms: int = 10_000
+    """Also compact this often when anything lies below the trailing margin (rqlite's -raft-snap-int)."""
 
 
 @dataclass(frozen=True, slots=True)

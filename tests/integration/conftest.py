@@ -49,6 +49,11 @@ class LocalCluster:
             pids.append(int(supervisor.read_text()))
         return pids
 
+    def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        conf = self.directory / "supervisord.conf"
+        return subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args],
+                              capture_output=True, text=True, timeout=60)
+
     def kill(self, node_id: int, proc: str) -> int:
         pid = self.pid(node_id, proc)
         assert pid, f"node {node_id} {proc} is not running"
@@ -56,9 +61,11 @@ class LocalCluster:
         return pid
 
 
-def start_cluster(tmp_path: Path, nodes: int = 3) -> LocalCluster:
+def start_cluster(tmp_path: Path, nodes: int = 3, overrides: tuple[str, ...] = ()) -> LocalCluster:
+    """`overrides` are `zraft cluster up --set` assignments."""
     cluster = LocalCluster(tmp_path / "cluster", free_port_base(), nodes)
-    result = cluster.zraft("up", "--nodes", str(nodes), "--http-port", str(cluster.http_port))
+    sets = [arg for assignment in overrides for arg in ("--set", assignment)]
+    result = cluster.zraft("up", "--nodes", str(nodes), "--http-port", str(cluster.http_port), *sets)
     if result.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in cluster.directory.glob("node*/*.log"))
         cluster.zraft("down")

@@ -38,6 +38,8 @@ DISK_RETRY_S = 1.0
 """A batch that failed for lack of disk space is tried again this often."""
 DISK_ERRORS = (apsw.FullError, apsw.IOError)
 """Errors of the node's disk, not of the entry: rolled back and retried, never a result."""
+SYNC_IDLE_S = 1.0
+"""Entries applied fewer than `sync_every` at a time are made durable at most this late."""
 NEWER_RETRY_S = 1.0
 """An entry from a newer zraft is fetched and looked at again this often. Only a restart on a
 newer build can apply it; the retry keeps the reason fresh for the raft process, which
@@ -48,10 +50,16 @@ class EntryApplier:
     """The database, its applied index, and the results of recent entries; owned by the store
     process's loop thread."""
 
-    def __init__(self, db_path: Path, results_kept: int, stats: Counters) -> None:
+    def __init__(self, db_path: Path, results_kept: int, stats: Counters, sync_every: int = 0) -> None:
         self.db = Database(db_path)
         self._db_path = db_path
         self.applied = self.db.applied_index()
+        self._sync_every = sync_every
+        self._synced_at = float("-inf")
+        self.durable = 0
+        """The applied index at the last sync(): what the database holds after a power loss,
+        at least. The raft process compacts its log only below it."""
+        self.sync(float("-inf"))  # what a kill -9 left in the page cache is not yet on disk
         self._results: OrderedDict[int, tuple[int, ApplyResult]] = OrderedDict()
         self._results_kept = results_kept
         self._stats = stats
@@ -61,6 +69,33 @@ class EntryApplier:
 
     def close(self) -> None:
         self.db.close()
+
+    def reopen(self) -> None:
+        """Open the database again after its file was replaced (a snapshot image): the applied
+        index is the new file's, and results kept for the old one are gone."""
+        self.db = Database(self._db_path)
+        self.applied = self.db.applied_index()
+        self._results.clear()
+        self.durable = 0
+        self.sync(float("-inf"))
+
+    def sync(self, now: float) -> None:
+        """Make what is applied durable (Database.sync); a failed fsync leaves `durable` as
+        it was, and is counted: the log then keeps its entries a while longer."""
+        try:
+            self.durable = self.db.sync()
+        except OSError as exc:
+            self._stats["sync_errors"] += 1
+            log.warning("fsync of %s failed (%s); the raft log keeps its entries until one succeeds",
+                        self._db_path, exc)
+        self._synced_at = now
+
+    def maybe_sync(self, now: float) -> None:
+        """Sync after `sync_every` applied entries, or within SYNC_IDLE_S of the last apply
+        when fewer came: few fsyncs under load, and an idle node's log can still be compacted."""
+        behind = self.applied - self.durable
+        if self._sync_every and behind > 0 and (behind >= self._sync_every or now - self._synced_at >= SYNC_IDLE_S):
+            self.sync(now)
 
     def waiting_for_disk(self, now: float) -> bool:
         """A failed batch is not to be tried again yet."""

@@ -21,6 +21,7 @@ A fetch carries the store's disk-full reason, so the raft process refuses writes
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import zmq
 
@@ -49,8 +50,7 @@ class FetchClient:
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], address: str, poller: zmq.Poller,
                  max_bytes: int, stats: Counters) -> None:
-        self._ctx = ctx
-        self._address = address
+        self._dial: Callable[[], zmq.Socket[bytes]] = lambda: rpc_dealer(ctx, address)
         self._poller = poller
         self._max_bytes = max_bytes
         self._stats = stats
@@ -65,6 +65,8 @@ class FetchClient:
         self._lingering = False
         self._raft_behind = False
         self._notice: tuple[int, int] = (0, 0)  # (epoch, seq) of the last commit notice
+        self.durable = 0
+        """The store's durable index, carried by every fetch (the raft process compacts below it)."""
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -104,7 +106,8 @@ class FetchClient:
         self._sent_at = now
         self._stats["fetches"] += 1
         request = FetchEntries(id=self._ids, start=applied + 1, max_bytes=self._max_bytes, wait_ms=wait_ms,
-                               linger_ms=FETCH_LINGER_MS if self._lingering else 0, disk_full=disk_full)
+                               linger_ms=FETCH_LINGER_MS if self._lingering else 0, disk_full=disk_full,
+                               durable=self.durable)
         self._in_flight = self._ids if send_nowait(self.sock, encode(request)) else 0
 
     def hurry(self, now: float, applied: int, disk_full: str) -> None:
@@ -144,6 +147,6 @@ class FetchClient:
         self._stats["fetch_timeouts"] += 1
         self._poller.unregister(self.sock)
         self.sock.close(linger=0)
-        self.sock = rpc_dealer(self._ctx, self._address)
+        self.sock = self._dial()
         self._poller.register(self.sock, zmq.POLLIN)
         self._in_flight = 0

@@ -45,12 +45,16 @@ from zraft.procs.entry_server import EntryServer
 from zraft.procs.notices import CommitAnnouncer, NoticePublisher
 from zraft.procs.proposals import Proposals
 from zraft.procs.read_waits import ReadIndexWaits
+from zraft.procs.role_watch import RoleWatch
+from zraft.procs.snapshots import Compactor, ImageTransfer, Snapshots
 from zraft.procs.shell import MAX_DRAIN, Counters, ExitCode, RpcServer, Ticker, run_shell, setup_logging
 from zraft.raft import (
     NONE,
     ConfState,
     HardState,
     LogInvariantError,
+    Message,
+    MsgType,
     RaftConfig,
     RaftCore,
     RaftLog,
@@ -58,9 +62,10 @@ from zraft.raft import (
     Role,
     SnapshotMeta,
 )
+from zraft.raft.validate import problem
 from zraft.transport import publisher, rpc_server
 from zraft.transport.sockets import native_max_frame_bytes, peer_max_frame_bytes, peer_max_header_bytes
-from zraft.transport.peers import PeerTransport
+from zraft.transport.peers import PeerMessage, PeerTransport
 from zraft.wire.messages import (
     ConfChangeRequest,
     FetchEntries,
@@ -71,6 +76,8 @@ from zraft.wire.messages import (
     ProposedBatch,
     RaftStatus,
     ReadIndex,
+    SnapshotChunk,
+    SnapshotPull,
     StatusRequest,
     TransferLeader,
     WireMessage,
@@ -97,27 +104,28 @@ class RaftProcess:
         self._stop = False
         self._ticker = Ticker(config.raft.tick_ms / 1000.0, 2 * config.raft.election_ticks, time.monotonic(),
                               self.stats, log)
-        self._observed = (NONE, self.core.term, self.core.vote_floor)  # leader, term, floor, for logs
+        self.watch = RoleWatch(self.core)
         if self.core.vote_floor != (0, 0):
             log.warning("vote floor %s: this node neither votes for a log behind it nor stands for "
                         "election until it has fetched the entries it lost", self.core.vote_floor)
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
-            self._wire(config)
+            self._wire(config, ctx)
         except BaseException:
-            self._ctx.destroy(linger=0)
+            ctx.destroy(linger=0)
             raise
 
-    def _wire(self, config: NodeConfig) -> None:
+    def _wire(self, config: NodeConfig, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        """Every socket comes from `ctx`, which the process owns through them (see close)."""
         stats = self.stats
-        self.peers = PeerTransport(self._ctx, config.id, {p.id: p.raft for p in config.peers}, stats,
+        self.peers = PeerTransport(ctx, config.id, {p.id: p.raft for p in config.peers}, stats,
                                    peer_max_frame_bytes(config.raft, config.api),
                                    peer_max_header_bytes(config.raft))
         self.disk = DiskHealth(config.id, config.log_dir, stats)
         proposals = Proposals(config.id, frozenset(p.id for p in config.peers),
                               config.raft.max_pending_proposals, native_max_frame_bytes(config.api),
                               self.disk, stats)
-        self.rpc = RpcServer(rpc_server(self._ctx, config.raft_rpc), {
+        self.rpc = RpcServer(rpc_server(ctx, config.raft_rpc), {
             Propose: lambda _, req: proposals.propose(self.core, req),
             ProposeBatch: lambda _, req: proposals.propose_batch(self.core, req),
             ConfChangeRequest: lambda _, req: proposals.change_membership(self.core, req),
@@ -130,11 +138,15 @@ class RaftProcess:
                                    self.core.log.applied, stats)
         self.reads = ReadIndexWaits(self.rpc.reply, config.api.max_in_flight,
                                     config.api.request_timeout_ms / 1000.0, stats)
-        self.notices = CommitAnnouncer(NoticePublisher(publisher(self._ctx, config.raft_pub),
+        self.notices = CommitAnnouncer(NoticePublisher(publisher(ctx, config.raft_pub),
                                                        NOTICE_INTERVAL_S, stats), stats)
+        self.snapshots = Snapshots(Compactor(config.raft, stats),
+                                   ImageTransfer(ctx, config.id, config.store_rpc, config.raft.max_msg_bytes,
+                                                 self.peers.links.send, stats))
         self._poller = zmq.Poller()
         self._poller.register(self.peers.inbox, zmq.POLLIN)
         self._poller.register(self.rpc.sock, zmq.POLLIN)
+        self._poller.register(self.snapshots.transfer.sock, zmq.POLLIN)
         log.info("node %d serving: raft %s, rpc %s, pub %s; term %d, commit %d, last index %d",
                  config.id, config.me().raft, config.raft_rpc, config.raft_pub, self.core.term,
                  self.entries.commit, self.core.log.last_index())
@@ -160,8 +172,10 @@ class RaftProcess:
 
     def close(self) -> None:
         """Close every socket (LINGER=0) and then the log store."""
+        context = self.rpc.sock.context  # the one _wire made every socket from
+        self.snapshots.transfer.close()
         self.peers.close()
-        self._ctx.destroy(linger=0)
+        context.destroy(linger=0)
         self.store.close()
 
     def serve(self) -> None:
@@ -179,18 +193,21 @@ class RaftProcess:
             else:
                 for msg in self.peers.receive(MAX_DRAIN, self.stats.bad):
                     self.stats["peer_received"] += 1
-                    refused = self.core.refused
-                    self.core.step(msg)
-                    if self.core.refused != refused:  # impossible input: dropped by the core
-                        self.stats.bad("peer_refused", f"a message from node {msg.frm}: {self.core.last_refusal}")
+                    self._receive(msg, now)
         if events.get(self.rpc.sock):
             self.rpc.drain()
+        if events.get(self.snapshots.transfer.sock):
+            released = self.snapshots.transfer.on_store_replies(now)
+            if released is not None:
+                self._step(released)
         if not frozen:
             ticks = self._ticker.due(now)
             for _ in range(ticks):
                 self.core.tick()
             if ticks:
                 self.peers.links.drain_stray()
+                self.snapshots.transfer.tick(now)
+                self._maybe_compact(now)
         self.disk.steer(self.core, now)
         self.reads.expire(now, self.core.leader)
         self._process_ready(now)
@@ -198,6 +215,36 @@ class RaftProcess:
         self.entries.serve_parked(now)
         self.notices.announce(self.entries.commit, self.core.term, self.core.leader,
                               self.entries.carried_commit(), self.entries.holding, now)
+
+    def _receive(self, msg: PeerMessage, now: float) -> None:
+        if isinstance(msg, SnapshotPull):
+            self.snapshots.transfer.serve(msg, now)
+        elif isinstance(msg, SnapshotChunk):
+            self.snapshots.transfer.on_chunk(msg, now)
+        elif not (msg.type == MsgType.SNAP and msg.term >= self.core.term and problem(msg, self.config.id) is None
+                  and self.snapshots.transfer.hold(msg, now)):
+            self._step(msg)  # a SNAP is held until the store has the image (snapshots.ImageTransfer)
+
+    def _step(self, msg: Message) -> None:
+        refused = self.core.refused
+        self.core.step(msg)
+        if self.core.refused != refused:  # impossible input: dropped by the core
+            self.stats.bad("peer_refused", f"a message from node {msg.frm}: {self.core.last_refusal}")
+
+    def _maybe_compact(self, now: float) -> None:
+        try:
+            self.snapshots.compactor.maybe_compact(self.core, self.store, now)
+        except OSError as exc:
+            self._persist_failed(exc, now)
+
+    def compact_now(self, trailing: int | None, now: float) -> SnapshotMeta | None:
+        """POST /snapshot: compact as far as the store's durable index allows, keeping
+        `trailing` entries (the configured margin when None); None when nothing could go."""
+        try:
+            return self.snapshots.compactor.compact(self.core, self.store, self.snapshots.compactor.point(self.core, trailing), now)
+        except OSError as exc:
+            self._persist_failed(exc, now)
+            return None
 
     def _poll_timeout_ms(self, now: float) -> int:
         wake = min(self._ticker.next_at, self.notices.publisher.next_heartbeat(), self.reads.next_deadline(),
@@ -209,7 +256,10 @@ class RaftProcess:
         core = self.core
         while core.has_ready():
             rd = core.ready()
-            self._observe(rd)
+            changed = self.watch.observe(rd, core)
+            if changed is not None:
+                self.reads.fail_all(ErrorCode.LEADERSHIP_LOST, f"leader changed from {changed[0]} to {changed[1]}",
+                                    changed[1])
             if rd.committed_entries:  # durable here and committed: a waiting store has them first
                 self.entries.commit_to(rd.committed_entries[-1].index, now)
             self.peers.send(rd.messages, self.config.raft.max_msg_bytes)
@@ -227,33 +277,14 @@ class RaftProcess:
 
     def _persist(self, rd: Ready) -> None:
         if rd.snapshot is not None:
-            # Shipping snapshot data is not implemented yet; the log store still records the
-            # new log start so that the core and the disk agree.
-            log.warning("snapshot at index %d term %d installed without data", rd.snapshot.index, rd.snapshot.term)
+            # The store already holds an image at or past it (ImageTransfer held the SNAP
+            # until then): the log starts after it now.
+            log.info("log restored at snapshot index %d term %d", rd.snapshot.index, rd.snapshot.term)
             self.store.apply_snapshot(rd.snapshot)
         if rd.hard_state is not None or rd.entries:
             self.store.save(rd.hard_state, rd.entries, sync=rd.must_sync)
             self.stats["syncs" if rd.must_sync else "writes"] += 1
             self.disk.log_written()
-
-    def _observe(self, rd: Ready) -> None:
-        """Log role, term and vote-floor changes; a new leader ends the pending reads."""
-        leader, term, floor = self._observed
-        if rd.soft_state is not None:
-            if rd.soft_state.leader != leader:
-                self.reads.fail_all(ErrorCode.LEADERSHIP_LOST,
-                                    f"leader changed from {leader} to {rd.soft_state.leader}", rd.soft_state.leader)
-                leader = rd.soft_state.leader
-            log.info("role %s, leader %d, term %d", rd.soft_state.role.name.lower(), leader, self.core.term)
-        hard = rd.hard_state
-        if hard is not None and hard.term != term:
-            term = hard.term
-            log.info("term %d (vote %d)", hard.term, hard.vote)
-        if hard is not None and hard.vote_floor() != floor:
-            floor = hard.vote_floor()
-            log.warning("the log reached the vote floor (last index %d): voting and campaigning "
-                        "normally again", self.core.log.last_index())
-        self._observed = (leader, term, floor)
 
     def _persist_failed(self, exc: OSError, now: float) -> None:
         """Recover from a failed log write in place, as a restart would, instead of exiting.
@@ -270,9 +301,7 @@ class RaftProcess:
         self._ticker.pause_until(frozen_until)
         code, message = self.disk.failure()
         self.reads.fail_all(code, message, NONE)
-        if self._observed[0] != NONE:
-            log.info("role follower, leader 0, term %d (rebuilt from disk)", self.core.term)
-        self._observed = (NONE, self.core.term, self.core.vote_floor)
+        self.watch.rebuilt(self.core)
 
     # == requests that are not proposals =====================================================
     def _on_read_index(self, identity: bytes, req: ReadIndex) -> WireMessage | None:
@@ -282,6 +311,8 @@ class RaftProcess:
     def _on_fetch(self, identity: bytes, req: FetchEntries) -> WireMessage | None:
         now = time.monotonic()
         self.disk.store_reported(req.disk_full, now)
+        self.snapshots.transfer.store_applied = req.start - 1
+        self.snapshots.compactor.durable = min(req.durable, req.start - 1)
         return self.entries.fetch(identity, req, now)
 
     def status(self, request_id: int = 0) -> RaftStatus:

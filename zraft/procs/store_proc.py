@@ -27,14 +27,19 @@ import zmq
 from zraft.config import NodeConfig
 from zraft.procs.applying import EntryApplier
 from zraft.procs.fetch_client import FETCH_POLL_S, FetchClient
+from zraft.procs.images import ImageService
 from zraft.procs.notices import NoticePublisher
 from zraft.procs.shell import MAX_DRAIN, Counters, ExitCode, RpcServer, drain, run_shell
 from zraft.procs.waiters import PooledReads, Waiters
 from zraft.raft import Entry
+from zraft.store.image import Received, install
 from zraft.transport.sockets import publisher, rpc_server, subscriber
 from zraft.wire.messages import (
     AppliedNotice,
     CommitNotice,
+    ExportRead,
+    ImageWrite,
+    ImageWritten,
     Query,
     StatusRequest,
     StoreStatus,
@@ -59,7 +64,8 @@ class StoreProcess:
         self.stats = Counters(log)
         self.stats.update({name: 0 for name in STATS_SHOWN})
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.applier = EntryApplier(config.db_path, config.store.results_kept, self.stats)
+        self.applier = EntryApplier(config.db_path, config.store.results_kept, self.stats,
+                                    sync_every=max(1, config.raft.snapshot_threshold // 4))
         self.running = True
         self._awaited = False  # the last applied batch answered a waiting request
         self._sub_empty_at = float("-inf")  # when draining the notice SUB last emptied it
@@ -77,7 +83,10 @@ class StoreProcess:
         self.rpc = RpcServer(rpc_server(ctx, config.store_rpc), {
             WaitApplied: self._on_wait, Query: self._on_wait, WaitAppliedBatch: self._on_wait_batch,
             StatusRequest: lambda _, req: self.status(req.id),
+            ExportRead: lambda _, req: self.images.read(req),
+            ImageWrite: self._on_image,
         }, stats, service="store", prefix="rpc")
+        self.images = ImageService(config.db_path, self._swap_in, stats)
         reads = PooledReads(config.db_path, config.store, self.rpc.reply_frames, stats)
         self.waiters = Waiters(self.applier, self.rpc.reply_frames, config.store.max_wait_ms, stats, reads)
         self.notices = NoticePublisher(publisher(ctx, config.store_pub), NOTICE_HEARTBEAT_S, stats)
@@ -95,6 +104,7 @@ class StoreProcess:
         self.running = False
 
     def close(self) -> None:
+        self.images.close()
         self.waiters.reads.close()  # interrupts running reads, joins the workers
         for sock in (self.rpc.sock, self.notices.sock, self.sub):
             sock.close(linger=0)
@@ -117,8 +127,11 @@ class StoreProcess:
         if self.waiters.reads.fd in events:
             self.waiters.reads.collect()
         now = time.monotonic()
+        self.applier.maybe_sync(now)
+        self.fetcher.durable = self.applier.durable
         if not self.applier.waiting_for_disk(now):  # else the next fetch brings the failed entries back
             self.fetcher.maybe_fetch(now, self.applied, self.applier.disk_full, self._linger())
+        self.images.expire(now)
         self.waiters.expire(now)
         if self.notices.due(now):
             self._publish_applied(now)
@@ -164,6 +177,27 @@ class StoreProcess:
     def _publish_applied(self, now: float) -> None:
         applied = self.applied
         self.notices.publish(lambda epoch, seq: AppliedNotice(epoch, seq, applied), now)
+
+    # == snapshot images ========================================================================
+    def _on_image(self, identity: bytes, req: ImageWrite) -> ImageWritten:
+        written = self.images.write(req)
+        if written.installed:
+            now = time.monotonic()
+            self.fetcher.lag.applied_to(self.applied)
+            self._awaited = self.waiters.release(now) > 0
+            self._publish_applied(now)
+        return written
+
+    def _swap_in(self, received: Received) -> int:
+        """Replace the database with a received image (image.install): every connection this
+        process has to the file is closed first and opened again after, whatever happens."""
+        self.waiters.reads.suspend()
+        self.applier.close()
+        try:
+            return install(received, self.config.db_path)
+        finally:
+            self.applier.reopen()
+            self.waiters.reads.resume()
 
     # == requests ==============================================================================
     def _on_wait(self, identity: bytes, msg: WaitApplied | Query) -> None:

@@ -92,9 +92,24 @@ class PooledReads:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self.timeout_s = settings.read_timeout_ms / 1000
-        self.pool = ReadPool(str(db_path), self._done, workers=settings.read_workers,
-                             max_queued=settings.max_queued_reads, timeout_s=self.timeout_s,
-                             max_result_bytes=settings.max_result_bytes)
+        self._db_path = db_path
+        self._settings = settings
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> ReadPool:
+        settings = self._settings
+        return ReadPool(str(self._db_path), self._done, workers=settings.read_workers,
+                        max_queued=settings.max_queued_reads, timeout_s=self.timeout_s,
+                        max_result_bytes=settings.max_result_bytes)
+
+    def suspend(self) -> None:
+        """Close every read connection: the database file is being replaced (a snapshot
+        image), and a connection to the old file must not outlive it. Reads running are
+        interrupted; reads queued are dropped (their clients time out). `resume` after."""
+        self.pool.close()
+
+    def resume(self) -> None:
+        self.pool = self._new_pool()
 
     @property
     def fd(self) -> int:

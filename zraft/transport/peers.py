@@ -34,6 +34,12 @@ from zraft.transport.sockets import (
     send_nowait,
 )
 from zraft.wire.codec import RemoteProtocolError, decode, encode
+from zraft.wire.messages import SnapshotChunk, SnapshotPull
+
+PeerMessage = Message | SnapshotPull | SnapshotChunk
+"""What travels on the peer link: Raft messages, and the chunks of a snapshot image with the
+pulls that ask for them (zraft.procs.snapshots)."""
+_TRANSFER = (SnapshotPull, SnapshotChunk)
 
 
 REDIAL_AFTER_S = HEARTBEAT_TIMEOUT_MS / 1000
@@ -59,7 +65,7 @@ class PeerLinks:
                 self._addresses[node] = from_own_address(address, own)
                 self._socks[node] = peer_dealer(ctx, my_id, self._addresses[node])
 
-    def send(self, msg: Message) -> bool:
+    def send(self, msg: PeerMessage) -> bool:
         """Encode and send `msg` to `msg.to`; False (and counted) if it was dropped. A link
         that has dropped every send for REDIAL_AFTER_S is dialled again: libzmq gives up on a
         connection for good after a protocol error (a frame above the cap from whoever
@@ -113,7 +119,7 @@ class PeerTransport:
         self._stats = stats
         self._max_header_bytes = max_header_bytes
 
-    def receive(self, limit: int, bad: Callable[[str, str], None]) -> list[Message]:
+    def receive(self, limit: int, bad: Callable[[str, str], None]) -> list[PeerMessage]:
         """Up to `limit` valid messages from the inbox (see `receive`)."""
         return receive(self.inbox, self.my_id, limit, bad, self._max_header_bytes)
 
@@ -134,12 +140,12 @@ class PeerTransport:
 
 
 def receive(inbox: zmq.Socket[bytes], my_id: int, limit: int, bad: Callable[[str, str], None],
-            max_header_bytes: int = PEER_MAX_HEADER) -> list[Message]:
+            max_header_bytes: int = PEER_MAX_HEADER) -> list[PeerMessage]:
     """Up to `limit` Raft messages waiting on the peer inbox (a ROUTER: frame 0 is the
     sender's routing id, its node id in decimal). What does not decode, or is not a Raft
     message for this node from the node whose link it came on, is reported to
     `bad(counter, detail)` and dropped: a message is never trusted to name its own sender."""
-    out: list[Message] = []
+    out: list[PeerMessage] = []
     for frames in recv_batch(inbox, limit):
         if len(frames) < 2:
             bad("peer_decode_errors", "peer message without a body")
@@ -152,7 +158,7 @@ def receive(inbox: zmq.Socket[bytes], my_id: int, limit: int, bad: Callable[[str
         except RemoteProtocolError as exc:
             bad("peer_decode_errors", f"undecodable peer message: {exc}")
             continue
-        if not isinstance(msg, Message):
+        if not isinstance(msg, (Message, *_TRANSFER)):
             bad("peer_decode_errors", f"non-raft message {type(msg).__name__} on the peer inbox")
         elif msg.to != my_id or msg.frm in (NONE, my_id) or frames[0] != str(msg.frm).encode():
             bad("peer_misrouted", f"misrouted peer message {msg.frm}->{msg.to} from {frames[0]!r}")

@@ -346,6 +346,93 @@ class FetchEntries(WireMessage):
     """Non-empty while the store cannot apply entries for lack of disk space (the reason):
     the raft process then refuses writes and hands leadership to a node that has space. An
     older raft process ignores the field."""
+    durable: int = 0
+    """The applied index up to which the store's database is fsynced: the raft process
+    compacts its log only below it. 0 (an older store): never compact."""
+
+
+@dataclass(slots=True)
+class SnapshotPull(WireMessage):
+    """Peer link, follower to leader: send bytes [offset, offset + max_bytes) of the database
+    image of transfer `session` (zraft.store.image). The follower pulls one chunk at a time, so
+    the pull is the flow control, and a resume is a pull from where it stopped. `index` is the
+    log index the image must reach (the SNAP message that asked for it)."""
+
+    KIND: ClassVar[str] = "snap_pull"
+    id: int
+    frm: int
+    to: int
+    session: int
+    index: int
+    offset: int
+    max_bytes: int
+
+
+@dataclass(slots=True)
+class SnapshotChunk(WireMessage):
+    """Peer link, leader to follower: bytes of an image from `offset`; `size` is the whole
+    image's, `applied` the index it holds. Empty `data` with `size` 0: the leader cannot
+    serve this session (it restarted, or the image was dropped): pull again from 0."""
+
+    KIND: ClassVar[str] = "snap_chunk"
+    id: int
+    frm: int
+    to: int
+    session: int
+    offset: int
+    size: int
+    applied: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class ExportRead(WireMessage):
+    """Raft process to its store: bytes of export `session` from `offset` (opened at 0)."""
+
+    KIND: ClassVar[str] = "export_read"
+    id: int
+    session: int
+    offset: int
+    max_bytes: int
+
+
+@dataclass(slots=True)
+class ExportChunk(WireMessage):
+    """The store's answer to ExportRead."""
+
+    KIND: ClassVar[str] = "export_chunk"
+    id: int
+    session: int
+    offset: int
+    size: int
+    applied: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class ImageWrite(WireMessage):
+    """Raft process to its store: bytes of an incoming image at `offset` of transfer
+    `session` (a new session starts at 0); once `size` bytes are in, the store verifies and
+    installs the image before it answers."""
+
+    KIND: ClassVar[str] = "image_write"
+    id: int
+    session: int
+    offset: int
+    size: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class ImageWritten(WireMessage):
+    """The store's answer to ImageWrite: bytes received so far, and the applied index once
+    the image is installed (0 before)."""
+
+    KIND: ClassVar[str] = "image_written"
+    id: int
+    session: int
+    received: int
+    installed: int
 
 
 @dataclass(slots=True)

@@ -1,0 +1,260 @@
+"""The raft process's side of snapshots: compacting the log, and moving database images
+between nodes (zraft/procs/DESIGN.md, "Snapshots and compaction").
+
+- `Compactor` drops log entries the database no longer needs: up to
+  min(the store's durable index, what the core has handed out) - trailing_logs, once the log
+  holds `snapshot_threshold` entries beyond that margin, or every `snapshot_interval_ms`.
+- `ImageTransfer` carries images over the peer link. As the *sender* it relays a follower's
+  SnapshotPull to its own store (ExportRead) and the answer back (SnapshotChunk). As the
+  *receiver* it holds a SNAP message from the leader, which the core must not see before the
+  store has the data, pulls the image chunk by chunk, hands each chunk to its store
+  (ImageWrite), and releases the SNAP once the store has installed an image at or past it.
+
+Both are owned by the raft process's loop thread; neither calls back into the process: the
+core, the log store and the peer links are handed in.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zmq
+
+from zraft.config import RaftSettings
+from zraft.logstore import LogStore
+from zraft.procs.shell import Counters
+from zraft.raft import Message, RaftCore, SnapshotMeta
+from zraft.transport.sockets import recv_batch, rpc_dealer, send_nowait
+from zraft.wire.codec import RemoteProtocolError, decode, encode
+from zraft.wire.messages import (
+    Error,
+    ExportChunk,
+    ExportRead,
+    ImageWrite,
+    ImageWritten,
+    SnapshotChunk,
+    SnapshotPull,
+    WireMessage,
+)
+
+log = logging.getLogger("zraft.raft_proc")
+
+PULL_TIMEOUT_S = 5.0
+"""A pull unanswered this long is sent again (from the same offset)."""
+STORE_TIMEOUT_S = 300.0
+"""A chunk the store has not acknowledged this long ends the transfer (installing a large
+image takes a while; a store that died restarts and the next SNAP starts over)."""
+MAX_RELAYED = 16
+"""Pulls from followers waiting on this node's store at once; more are dropped (they retry)."""
+RELAY_TIMEOUT_S = 10.0
+MAX_REPLIES = 64
+
+
+class Compactor:
+    """When and how far to compact; see the module docstring."""
+
+    def __init__(self, settings: RaftSettings, stats: Counters) -> None:
+        self._threshold = settings.snapshot_threshold
+        self._trailing = settings.trailing_logs
+        self._interval_s = settings.snapshot_interval_ms / 1000
+        self._stats = stats
+        self._last_at = 0.0
+        self.durable = 0
+        """The store's durable index, from its latest fetch."""
+
+    def point(self, core: RaftCore, trailing: int | None = None) -> int:
+        """The highest index that may be dropped now (at or below the current start: none)."""
+        keep = self._trailing if trailing is None else trailing
+        return min(self.durable, core.log.applied) - keep
+
+    def maybe_compact(self, core: RaftCore, store: LogStore, now: float) -> SnapshotMeta | None:
+        """Compact if due; the new snapshot point, or None. Raises OSError from the log store."""
+        start = core.log.snapshot.index
+        point = self.point(core)
+        if point <= start:
+            return None
+        due = point - start >= self._threshold or now - self._last_at >= self._interval_s
+        return self.compact(core, store, point, now) if due else None
+
+    def compact(self, core: RaftCore, store: LogStore, point: int, now: float) -> SnapshotMeta | None:
+        """Drop entries up to `point` from the log store (durably, first) and the core."""
+        self._last_at = now
+        if point <= core.log.snapshot.index:
+            return None
+        meta = core.compact(point)
+        store.compact(point, meta)
+        self._stats["compactions"] += 1
+        log.info("log compacted up to index %d (term %d); it starts at %d now", meta.index, meta.term,
+                 meta.index + 1)
+        return meta
+
+
+@dataclass(slots=True)
+class _Pull:
+    """The receiver's one transfer: from `leader`, of an image that must reach `index`."""
+
+    leader: int
+    session: int
+    index: int
+    offset: int = 0
+    size: int = 0
+    sent_at: float = 0.0
+    writing: bool = False
+
+
+class ImageTransfer:
+    """Both ends of image transfers over the peer link; see the module docstring."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], my_id: int, store_rpc: str, chunk_bytes: int,
+                 send_peer: Callable[[SnapshotPull | SnapshotChunk], bool], stats: Counters,
+                 rng: random.Random | None = None) -> None:
+        self.sock = rpc_dealer(ctx, store_rpc)
+        self._my_id = my_id
+        self._chunk = chunk_bytes
+        self._send_peer = send_peer
+        self._stats = stats
+        self._rng = rng or random.Random()
+        self._ids = 0
+        self._relayed: dict[int, tuple[int, int, float]] = {}  # request id -> (follower, session, sent at)
+        self._pull: _Pull | None = None
+        self._pending: Message | None = None
+        self._written_id = 0
+        self.store_applied = 0
+        """The store's applied index, from its latest fetch (start - 1)."""
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    @property
+    def active(self) -> bool:
+        return self._pull is not None
+
+    # == receiver ==============================================================================
+    def hold(self, msg: Message, now: float) -> bool:
+        """Whether the core must not see this SNAP yet: the store lacks the data. Holding it
+        starts a pull from its sender (or keeps the one running)."""
+        assert msg.snapshot is not None
+        if self.store_applied >= msg.snapshot.index:
+            return False
+        self._pending = msg
+        pull = self._pull
+        if pull is not None and pull.leader == msg.frm:
+            pull.index = max(pull.index, msg.snapshot.index)
+            return True
+        self._start(msg.frm, msg.snapshot.index, now)
+        return True
+
+    def on_chunk(self, chunk: SnapshotChunk, now: float) -> None:
+        pull = self._pull
+        if pull is None or chunk.frm != pull.leader or chunk.session != pull.session or pull.writing:
+            self._stats["snapshot_stray_chunks"] += 1
+            return
+        if chunk.size == 0:  # the sender cannot serve this session: start again
+            self._start(pull.leader, pull.index, now)
+            return
+        if chunk.offset != pull.offset or chunk.offset + len(chunk.data) > chunk.size:
+            self._stats["snapshot_stray_chunks"] += 1
+            return
+        pull.size = chunk.size
+        self._ids += 1
+        self._written_id = self._ids
+        if send_nowait(self.sock, encode(ImageWrite(self._ids, pull.session, chunk.offset, chunk.size, chunk.data))):
+            pull.writing, pull.sent_at = True, now
+            self._stats["snapshot_bytes_received"] += len(chunk.data)
+
+    def _on_written(self, reply: ImageWritten, now: float) -> Message | None:
+        pull = self._pull
+        if pull is None or reply.id != self._written_id or reply.session != pull.session:
+            return None
+        pull.writing = False
+        if reply.installed:
+            self.store_applied = max(self.store_applied, reply.installed)
+            self._pull = None
+            log.info("snapshot image installed: the store holds index %d", reply.installed)
+            pending, self._pending = self._pending, None
+            if pending is not None and pending.snapshot is not None and pending.snapshot.index <= reply.installed:
+                return pending
+            return None
+        if (reply.received == 0 and pull.offset > 0) or reply.received >= pull.size > 0:
+            self._start(pull.leader, pull.index, now)  # the store dropped it, or refused the image
+            return None
+        pull.offset = reply.received
+        self._send_pull(pull, now)
+        return None
+
+    def _start(self, leader: int, index: int, now: float) -> None:
+        self._pull = _Pull(leader, self._rng.getrandbits(62) | 1, index)
+        self._stats["snapshot_pulls_started"] += 1
+        log.info("pulling a snapshot image from node %d (its log starts after %d)", leader, index)
+        self._send_pull(self._pull, now)
+
+    def _send_pull(self, pull: _Pull, now: float) -> None:
+        pull.sent_at = now
+        self._ids += 1
+        self._send_peer(SnapshotPull(self._ids, self._my_id, pull.leader, pull.session, pull.index,
+                                     pull.offset, self._chunk))
+
+    # == sender ================================================================================
+    def serve(self, pull: SnapshotPull, now: float) -> None:
+        """Relay a follower's pull to this node's store."""
+        if len(self._relayed) >= MAX_RELAYED:
+            self._stats["snapshot_pulls_dropped"] += 1
+            return
+        self._ids += 1
+        request = ExportRead(self._ids, pull.session, pull.offset, min(pull.max_bytes, self._chunk))
+        if send_nowait(self.sock, encode(request)):
+            self._relayed[self._ids] = (pull.frm, pull.session, now)
+
+    def _on_export(self, reply: ExportChunk) -> None:
+        relayed = self._relayed.pop(reply.id, None)
+        if relayed is None:
+            return
+        follower, session, _ = relayed
+        self._stats["snapshot_bytes_sent"] += len(reply.data)
+        self._send_peer(SnapshotChunk(reply.id, self._my_id, follower, session, reply.offset, reply.size,
+                                      reply.applied, reply.data))
+
+    # == both ==================================================================================
+    def on_store_replies(self, now: float) -> Message | None:
+        """Read what the store answered; a SNAP the core may now see, if one was released."""
+        released = None
+        for frames in recv_batch(self.sock, MAX_REPLIES):
+            try:
+                reply: WireMessage | Message = decode(frames)
+            except RemoteProtocolError as exc:
+                self._stats.bad("snapshot_bad_replies", f"a store reply that does not decode: {exc}")
+                continue
+            if isinstance(reply, ExportChunk):
+                self._on_export(reply)
+            elif isinstance(reply, ImageWritten):
+                released = self._on_written(reply, now) or released
+            elif isinstance(reply, Error):
+                self._relayed.pop(reply.id, None)
+                self._stats.bad("snapshot_store_errors", f"store: {reply.message}")
+        return released
+
+    def tick(self, now: float) -> None:
+        """Resend a pull that went unanswered; drop relays and transfers that stalled."""
+        for request, (_, _, sent_at) in list(self._relayed.items()):
+            if now - sent_at > RELAY_TIMEOUT_S:
+                del self._relayed[request]
+        pull = self._pull
+        if pull is None:
+            return
+        if pull.writing and now - pull.sent_at > STORE_TIMEOUT_S:
+            log.warning("the store did not take a snapshot chunk in %.0f s; the transfer ends", STORE_TIMEOUT_S)
+            self._pull = None
+        elif not pull.writing and now - pull.sent_at > PULL_TIMEOUT_S:
+            self._stats["snapshot_pull_retries"] += 1
+            self._send_pull(pull, now)
+
+
+@dataclass(slots=True)
+class Snapshots:
+    """The raft shell's two snapshot parts, side by side."""
+
+    compactor: Compactor
+    transfer: ImageTransfer
