@@ -109,3 +109,21 @@ def test_a_follower_whose_data_folder_was_wiped_comes_back_with_every_row(small:
     write_rows(port, 50_000, 5)
     expected = rows(small, leader)
     wait_for(lambda: rows(small, follower) == expected, 30, "the wiped follower to apply new writes")
+
+
+def test_post_snapshot_compacts_now_and_says_204_when_there_is_nothing_to_drop(small: LocalCluster) -> None:
+    leader = wait_for(small.leader_id, 30, "a leader")
+    port = small.port(leader)
+    status, body = execute(port, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"])
+    assert status == 200 and "error" not in body["results"][0], body
+    write_rows(port, 0, 50)  # under the trailing margin: nothing is compacted by itself
+    follower = next(n for n in (1, 2, 3) if n != leader)
+    wait_for(lambda: len(rows(small, follower)) == 50, 10, "the follower to apply")
+    assert raft_status(small, follower)["last_snapshot_index"] == 0
+    url = f"http://127.0.0.1:{small.port(follower)}/snapshot"
+    assert http("POST", url + "?trailing_logs=oops")[0] == 400
+    assert http("POST", url + "?trailing_logs=0")[0] == 200
+    raft = raft_status(small, follower)
+    assert raft["last_snapshot_index"] == raft["last_log_index"] and raft["log_entries"] == 0, raft
+    assert http("POST", url + "?trailing_logs=0")[0] == 204  # nothing new
+    assert len(rows(small, follower)) == 50

@@ -166,6 +166,7 @@ class HttpApi:
             "/db/request": (frozenset({"POST"}), self.unified),
             "/debug/vars": (frozenset({"GET"}), self.debug_vars),
             "/db/load": (frozenset({"POST"}), self.load),
+            "/snapshot": (frozenset({"POST"}), self.snapshot),
         }
 
     async def close(self) -> None:
@@ -499,6 +500,18 @@ class HttpApi:
         if leader is None:
             return text_response(503, LEADER_NOT_FOUND)
         return json_response(leader, params)
+
+    async def snapshot(self, request: web.BaseRequest) -> web.StreamResponse:
+        """rqlite's POST /snapshot[?trailing_logs=N]: compact this node's log now; 200 when
+        entries were dropped, 204 when there was nothing to drop."""
+        params = self._params(request)
+        text = request.query.get("trailing_logs")
+        if text is not None and not (text.isdigit() and int(text) < 1 << 62):
+            raise BadRequest(f"trailing_logs must be a non-negative integer, got {text!r}")
+        trailing = int(text) if text is not None else -1
+        with self.service.admit():
+            changed = await self.service.snapshot(trailing, params.timeout or 10.0)
+        return web.Response(status=200 if changed else 204)
 
     async def readyz(self, request: web.BaseRequest) -> web.StreamResponse:
         params = self._params(request)

@@ -47,6 +47,7 @@ from zraft.sql.rewrite import RewriteError, rewrite
 from zraft.store.command import Command, CommandError, encode_command
 from zraft.wire.messages import (
     ClientOptions,
+    Compacted,
     CommitNotice,
     JsonObject,
     JsonValue,
@@ -71,6 +72,7 @@ class RaftClient(Protocol):
     async def propose(self, data: bytes, timeout: float) -> tuple[int, int]: ...
     async def read_index(self, timeout: float) -> int: ...
     async def status(self, timeout: float) -> RaftStatus: ...
+    async def compact(self, durable: int, trailing: int, timeout: float) -> Compacted: ...
 
 
 class StoreClient(Protocol):
@@ -78,6 +80,7 @@ class StoreClient(Protocol):
     async def query(self, statements: list[Statement], min_applied: int, timeout: float,
                     options: QueryOptions) -> list[JsonValue]: ...
     async def status(self, timeout: float) -> StoreStatus: ...
+    async def sync(self, timeout: float) -> int: ...
 
 
 class PeerClient(Protocol):
@@ -310,6 +313,13 @@ class Service:
         status = await self.raft.status(timeout)
         self.leader_cache.update(status.leader, status.term)
         return status
+
+    async def snapshot(self, trailing: int, timeout: float) -> bool:
+        """rqlite's POST /snapshot on this node: make the store's applied data durable, then
+        compact the log up to it, keeping `trailing` entries (-1: the configured margin).
+        Whether anything was dropped."""
+        durable = await self.store.sync(timeout)
+        return (await self.raft.compact(durable, trailing, timeout)).changed
 
     async def status_document(self) -> dict[str, Any]:
         """rqlite-like /status: os, runtime, build, http, node and store (with raft) sections."""

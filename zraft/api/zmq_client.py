@@ -58,6 +58,10 @@ from zraft.wire.messages import (
     RaftStatus,
     ReadIndex,
     ReadIndexReply,
+    Compacted,
+    CompactLog,
+    Synced,
+    SyncDatabase,
     RenderOptions,
     StatusReply,
     StatusRequest,
@@ -487,6 +491,9 @@ class ZmqRaftClient:
     async def status(self, timeout: float) -> RaftStatus:
         return expect(await self.rpc.call(StatusRequest(id=0), timeout), RaftStatus)
 
+    async def compact(self, durable: int, trailing: int, timeout: float) -> Compacted:
+        return expect(await self.rpc.call(CompactLog(id=0, durable=durable, trailing=trailing), timeout), Compacted)
+
 
 class ZmqStoreClient:
     """The local store process (config.store_rpc)."""
@@ -506,6 +513,10 @@ class ZmqStoreClient:
 
     async def status(self, timeout: float) -> StoreStatus:
         return expect(await self.rpc.call(StatusRequest(id=0), timeout), StoreStatus)
+
+    async def sync(self, timeout: float) -> int:
+        """fsync what the store has applied; the applied index now durable."""
+        return expect(await self.rpc.call(SyncDatabase(id=0), timeout), Synced).durable
 
 
 def _hop_budget(timeout: float) -> float:

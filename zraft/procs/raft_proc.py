@@ -67,6 +67,8 @@ from zraft.transport import publisher, rpc_server
 from zraft.transport.sockets import native_max_frame_bytes, peer_max_frame_bytes, peer_max_header_bytes
 from zraft.transport.peers import PeerMessage, PeerTransport
 from zraft.wire.messages import (
+    CompactLog,
+    Compacted,
     ConfChangeRequest,
     FetchEntries,
     PeerProgress,
@@ -133,6 +135,7 @@ class RaftProcess:
             ReadIndex: self._on_read_index,
             FetchEntries: self._on_fetch,
             StatusRequest: lambda _, req: self.status(req.id),
+            CompactLog: lambda _, req: self._on_compact(req),
         }, stats, service="raft", held=(Proposed, ProposedBatch))
         self.entries = EntryServer(self.store, self.rpc.reply, config.raft.fetch_max_bytes,
                                    self.core.log.applied, stats)
@@ -237,14 +240,19 @@ class RaftProcess:
         except OSError as exc:
             self._persist_failed(exc, now)
 
-    def compact_now(self, trailing: int | None, now: float) -> SnapshotMeta | None:
+    def _on_compact(self, req: CompactLog) -> Compacted:
         """POST /snapshot: compact as far as the store's durable index allows, keeping
-        `trailing` entries (the configured margin when None); None when nothing could go."""
+        `req.trailing` entries (the configured margin when negative)."""
+        now = time.monotonic()
+        compactor = self.snapshots.compactor
+        compactor.durable = max(compactor.durable, min(req.durable, self.snapshots.transfer.store_applied))
+        point = compactor.point(self.core, None if req.trailing < 0 else req.trailing)
         try:
-            return self.snapshots.compactor.compact(self.core, self.store, self.snapshots.compactor.point(self.core, trailing), now)
+            meta = compactor.compact(self.core, self.store, point, now)
         except OSError as exc:
             self._persist_failed(exc, now)
-            return None
+            meta = None
+        return Compacted(req.id, self.core.log.snapshot.index, meta is not None)
 
     def _poll_timeout_ms(self, now: float) -> int:
         wake = min(self._ticker.next_at, self.notices.publisher.next_heartbeat(), self.reads.next_deadline(),

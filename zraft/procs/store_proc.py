@@ -43,6 +43,8 @@ from zraft.wire.messages import (
     Query,
     StatusRequest,
     StoreStatus,
+    Synced,
+    SyncDatabase,
     WaitApplied,
     WaitAppliedBatch,
     WireMessage,
@@ -85,6 +87,7 @@ class StoreProcess:
             StatusRequest: lambda _, req: self.status(req.id),
             ExportRead: lambda _, req: self.images.read(req),
             ImageWrite: self._on_image,
+            SyncDatabase: lambda _, req: self._on_sync(req),
         }, stats, service="store", prefix="rpc")
         self.images = ImageService(config.db_path, self._swap_in, stats)
         reads = PooledReads(config.db_path, config.store, self.rpc.reply_frames, stats)
@@ -177,6 +180,11 @@ class StoreProcess:
     def _publish_applied(self, now: float) -> None:
         applied = self.applied
         self.notices.publish(lambda epoch, seq: AppliedNotice(epoch, seq, applied), now)
+
+    def _on_sync(self, req: SyncDatabase) -> Synced:
+        self.applier.sync(time.monotonic())
+        self.fetcher.durable = self.applier.durable
+        return Synced(req.id, self.applier.durable)
 
     # == snapshot images ========================================================================
     def _on_image(self, identity: bytes, req: ImageWrite) -> ImageWritten:

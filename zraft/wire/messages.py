@@ -467,6 +467,45 @@ class TransferLeader(WireMessage):
 
 
 @dataclass(slots=True)
+class SyncDatabase(WireMessage):
+    """Api to its store: fsync what is applied now; answered with Synced."""
+
+    KIND: ClassVar[str] = "sync_db"
+    id: int
+
+
+@dataclass(slots=True)
+class Synced(WireMessage):
+    """The applied index that is now on stable storage."""
+
+    KIND: ClassVar[str] = "synced"
+    id: int
+    durable: int
+
+
+@dataclass(slots=True)
+class CompactLog(WireMessage):
+    """Api to its raft process (rqlite's POST /snapshot): compact the log as far as the
+    store's `durable` index allows, keeping `trailing` entries (-1: the configured margin).
+    Answered with Compacted."""
+
+    KIND: ClassVar[str] = "compact_log"
+    id: int
+    durable: int
+    trailing: int = -1
+
+
+@dataclass(slots=True)
+class Compacted(WireMessage):
+    """Where the log starts now (`index` + 1); `changed` is false when nothing could go."""
+
+    KIND: ClassVar[str] = "compacted"
+    id: int
+    index: int
+    changed: bool
+
+
+@dataclass(slots=True)
 class Ok(WireMessage):
     """A success; `result` is an optional note for humans."""
 
