@@ -320,6 +320,8 @@ class RaftProcess:
         now = time.monotonic()
         self.disk.store_reported(req.disk_full, now)
         self.snapshots.transfer.store_applied = req.start - 1
+        if req.start <= self.core.log.snapshot.index:
+            self.snapshots.transfer.store_behind_log(self.core.leader, self.core.log.snapshot.index, now)
         self.snapshots.compactor.durable = min(req.durable, req.start - 1)
         return self.entries.fetch(identity, req, now)
 

@@ -147,6 +147,14 @@ class ImageTransfer:
         self._start(msg.frm, msg.snapshot.index, now)
         return True
 
+    def store_behind_log(self, leader: int, log_start: int, now: float) -> None:
+        """The store asks for entries the log has dropped (its database was lost or replaced
+        by an older one while the log was kept): pull an image from the leader, as for a SNAP,
+        but with no SNAP to release afterwards."""
+        if self._pull is None and leader not in (0, self._my_id):
+            self._stats["snapshot_store_behind"] += 1
+            self._start(leader, log_start, now)
+
     def on_chunk(self, chunk: SnapshotChunk, now: float) -> None:
         pull = self._pull
         if pull is None or chunk.frm != pull.leader or chunk.session != pull.session or pull.writing:
