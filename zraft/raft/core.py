@@ -574,8 +574,11 @@ class RaftCore:
         self._heard_from_leader(msg)
         self.log.commit_to(min(msg.commit, self.log.last_index()))
         # Below the vote floor, the leader may believe this node holds entries it lost; say
-        # where the log really ends (see _handle_heartbeat_resp).
-        lost = self.below_vote_floor()
+        # where the log really ends (see _handle_heartbeat_resp). The same when the leader's
+        # commit for us (at most what we acknowledged to it) lies beyond our log: we lost
+        # entries without knowing it (a wiped data folder), and a quiet leader would otherwise
+        # never send the append whose rejection tells it.
+        lost = self.below_vote_floor() or msg.commit > self.log.last_index()
         self._send(Message(MsgType.HEARTBEAT_RESP, to=msg.frm, frm=self.id, term=self.term,
                            context=msg.context, reject=lost,
                            reject_hint=self.log.last_index() if lost else 0))

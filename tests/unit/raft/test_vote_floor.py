@@ -133,6 +133,21 @@ def test_follower_below_its_floor_reports_where_its_log_ends() -> None:
     assert resp and not resp[0].reject
 
 
+def test_a_follower_whose_log_ends_below_the_commit_it_is_sent_reports_it_too() -> None:
+    """A wiped data folder: no floor (nothing says the node lost anything), an empty log, and
+    a leader that still believes its old `match`. The heartbeat's commit is at most what the
+    follower acknowledged to this leader, so a commit beyond its log proves the loss."""
+    wiped = new_core(1, hard_state=HardState(term=2), **PLAIN)
+    drain(wiped)
+    wiped.step(Message(MsgType.HEARTBEAT, to=1, frm=2, term=2, commit=5))
+    resp = of_type(take_msgs(wiped), MsgType.HEARTBEAT_RESP)
+    assert resp and resp[0].reject and resp[0].reject_hint == 0
+    caught_up = damaged(floor=(0, 0), **PLAIN)  # its log ends at 3: a commit of 3 is no news
+    caught_up.step(Message(MsgType.HEARTBEAT, to=1, frm=2, term=2, commit=3))
+    resp = of_type(take_msgs(caught_up), MsgType.HEARTBEAT_RESP)
+    assert resp and not resp[0].reject
+
+
 def test_leader_forgets_a_match_the_follower_no_longer_holds() -> None:
     """Without this, the leader would ignore the follower's rejections as stale (they are at
     or below `match`) and never send it the entries it lost."""
