@@ -41,6 +41,7 @@ HELP = """\
 .quit                                         Exit this program
 .ready                                        Show ready status for the node
 .schema                                       Show CREATE statements for all tables
+.snapshot [TRAILING]                          Compact the node's Raft log now, keeping TRAILING entries
 .status                                       Show status and diagnostic information for the node
 .tables                                       List names of tables
 .timer [on|off]                               Turn query timings on or off
@@ -288,7 +289,7 @@ class Shell:
             ".indexes": self.cmd_indexes, ".dump": self.cmd_dump, ".nodes": self.cmd_nodes,
             ".status": self.cmd_status, ".expvar": self.cmd_expvar, ".ready": self.cmd_ready,
             ".timer": self.cmd_timer, ".consistency": self.cmd_consistency,
-            ".leader": self.cmd_leader, ".backup": self.cmd_backup,
+            ".leader": self.cmd_leader, ".backup": self.cmd_backup, ".snapshot": self.cmd_snapshot,
         }.get(name)
         if handler is None:
             self.error(f'unknown command "{name}", enter ".help" for usage hints')
@@ -406,6 +407,18 @@ class Shell:
         if isinstance(doc, dict) and isinstance(doc.get("nodes"), list):
             doc = {str(n.get("id", i)): n for i, n in enumerate(doc["nodes"]) if isinstance(n, dict)}
         self._print_tree(doc)
+
+    def cmd_snapshot(self, args: list[str]) -> None:
+        """rqlite's `.snapshot [TRAILING]`: POST /snapshot on this node."""
+        if len(args) > 1 or (args and not args[0].isdigit()):
+            raise ShellError("usage: .snapshot [TRAILING]")
+        response = self.client.request("POST", "/snapshot", [("trailing_logs", args[0])] if args else [])
+        if response.status == 200:
+            self.say("snapshot taken: the log was compacted")
+        elif response.status == 204:
+            self.say("nothing to compact")
+        else:
+            raise ShellError(response.failure())
 
     def cmd_ready(self, args: list[str]) -> None:
         response = self.client.request("GET", "/readyz")

@@ -104,6 +104,8 @@ class FakeRqlite(BaseHTTPRequestHandler):
             if self.server.ready:
                 return self._reply(200, text="[+]node ok\n[+]leader ok\n[+]store ok\n")
             return self._reply(503, text="[+]node ok\n[+]leader does not exist\n")
+        if url.path == "/snapshot" and method == "POST":
+            return self._reply(204 if query.get("trailing_logs") == ["5"] else 200)
         if url.path == "/debug/vars" and self.server.has_expvar:
             return self._reply(200, {"http": {"queries": 7}})
         return self._reply(404)
@@ -231,6 +233,14 @@ def test_status_nodes_leader_expvar_ready(fake: Any) -> None:
     assert nodes[2] == {"ver": ["2"]}
     shell(fake, ".nodes all\n")
     assert "nonvoters" in [c for c in fake.calls if c[1] == "/nodes"][-1][2]
+
+
+def test_snapshot_posts_to_the_node(fake: Any) -> None:
+    result = shell(fake, ".snapshot\n.snapshot 5\n.snapshot x\n")
+    assert result.stdout.splitlines() == ["snapshot taken: the log was compacted", "nothing to compact",
+                                          "ERR! usage: .snapshot [TRAILING]"]
+    posts = [c for c in fake.calls if c[1] == "/snapshot"]
+    assert [(c[0], c[2]) for c in posts] == [("POST", {}), ("POST", {"trailing_logs": ["5"]})]
 
 
 def test_missing_endpoints_and_not_ready(fake: Any) -> None:
