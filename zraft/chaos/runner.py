@@ -58,6 +58,10 @@ MARKER_TABLE = "chaos_marker"
 SEGMENT_BYTES = 4 << 20
 """Small log segments: rollover happens within a run, and preallocation stays cheap on
 lazyfs (which has no fallocate) and on a small tmpfs."""
+SNAPSHOT_SETTINGS = dict(snapshot_threshold=100, trailing_logs=50, snapshot_interval_ms=500)
+"""Compact often, so that every fault also lands on compactions, image transfers and installs:
+a node killed, paused, cut off or power-cycled for a few seconds falls behind the leader's log
+start and comes back through an image (zraft/procs/DESIGN.md, snapshots)."""
 
 
 @dataclass(frozen=True)
@@ -316,7 +320,7 @@ def run_once(options: ChaosOptions, index: int, seed: int, echo: Callable[[str],
         Firewall.sweep_orphans()
         cluster.up(cluster_dir, NODES, options.http_port, timeout_s=60.0, hosts=options.hosts,
                    fake_clock="clock" in options.faults, data_subdir=DATA_SUBDIR,
-                   raft=RaftSettings(segment_bytes=SEGMENT_BYTES))
+                   raft=RaftSettings(segment_bytes=SEGMENT_BYTES, **SNAPSHOT_SETTINGS))
         firewall = Firewall.for_run(index)
         target = LocalTarget(cluster_dir, options.hosts, disks)
         https = [c.me().http for c in target.configs]
