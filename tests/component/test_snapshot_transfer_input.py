@@ -5,7 +5,6 @@ cluster committing. Raft-only cluster: no store answers, so relays and pulls als
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,11 +55,14 @@ def test_hostile_snapshot_messages_neither_kill_nor_stall(cluster: Cluster) -> N
                 for frames in hostile(node.id, frm, int(status.get("term", 1))):
                     peer.send(frames)
                 peer.close(linger_ms=500)
-        time.sleep(1.0)
+        def all_read() -> list[dict[str, int]] | None:
+            """Every node's counters once each has read the stray chunks (the input arrived)."""
+            stats = [(n.status() or {}).get("stats", {}) for n in cluster.nodes]
+            return stats if all(s.get("snapshot_stray_chunks", 0) >= 5 for s in stats) else None
+
+        stats = wait_for("every node to read the input", all_read, 15)
         for node in cluster.nodes:
             assert node.alive() and node.proc is not None and node.proc.pid == pids[node.id], node.log_text()[-3000:]
-        stats = [(n.status() or {}).get("stats", {}) for n in cluster.nodes]
-        assert all(s.get("snapshot_stray_chunks", 0) >= 5 for s in stats), stats  # the input was read
         assert sum(s.get("snapshot_pulls_started", 0) for s in stats) >= 1, stats  # a SNAP started a pull
         leader = wait_for("a leader after the input", cluster.leader, 15)
         reply = leader.call(Propose(0, b"after"))
