@@ -28,6 +28,7 @@ import pytest
 import zmq
 
 from tests.component.fakes import FakeRaft
+from tests.component.test_store_proc import call as store_call
 from zraft.config import NodeConfig, Peer, StoreSettings, render
 from zraft.raft.types import Entry, EntryKind
 from zraft.store.command import Command, Statement, encode_command
@@ -322,15 +323,7 @@ class Store:
         return sock
 
     def call(self, msg: WireMessage, timeout_s: float = 30) -> WireMessage:
-        sock = self.dealer()
-        try:
-            sock.send_multipart(encode(msg))
-            assert sock.poll(int(timeout_s * 1000)), f"no reply to {msg}"
-            reply = decode(sock.recv_multipart())
-            assert isinstance(reply, WireMessage)
-            return reply
-        finally:
-            sock.close()
+        return store_call(self.config, msg, timeout_s)
 
     def commit(self, *sql: str) -> int:
         self.index += 1
