@@ -425,6 +425,8 @@ class Simulation:
         if self._min_voters() < 3 or any(self._recovering(other) for other in self.nodes.values()
                                          if other is not node):
             return
+        if not self._others_can_elect(node):
+            return
         self.crash(node)
         durable = node.durable
         last_id = self._durable_last_id(node)
@@ -463,6 +465,34 @@ class Simulation:
             if conf.voters:
                 counts.append(len(conf.voters))
         return min(counts, default=0)
+
+    def _others_can_elect(self, victim: SimNode) -> bool:
+        """Whether some node other than `victim` could win an election without its vote, judged
+        on what every node has on disk: a voter of its own latest configuration, not below its
+        own floor, whose log is at least as up-to-date as the log and floor of a majority of
+        that configuration's voters, `victim` left out.
+
+        Checking only that three voters or more remain is not enough: the others may hold
+        configurations and logs that need the victim (seed 9002821, 3 nodes: the one node
+        holding the newest entry was a learner, whose vote the only possible candidate's
+        configuration of four voters needed; the damaged node was the only one that could
+        have led). Refusing every election is then the correct outcome of the floor, which
+        the liveness check would report as a failure (raft/DESIGN.md, "Liveness")."""
+        def up_to_date_mark(node: SimNode) -> tuple[int, int]:
+            return max(self._durable_last_id(node), node.durable.hard_state.vote_floor())
+
+        for candidate in self.nodes.values():
+            conf = self._durable_conf(candidate)
+            last = self._durable_last_id(candidate)
+            if candidate is victim or candidate.node_id not in conf.voters:
+                continue
+            if last < candidate.durable.hard_state.vote_floor():
+                continue
+            granted = sum(1 for voter in conf.voters if voter != victim.node_id
+                          and up_to_date_mark(self.nodes[voter]) <= last)
+            if granted > len(conf.voters) // 2:
+                return True
+        return False
 
     def _recovering(self, node: SimNode) -> bool:
         """Whether `node` was damaged and its durable log has not yet caught up to what it had."""
