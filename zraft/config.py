@@ -51,6 +51,10 @@ class RaftSettings:
     up from the log rather than a snapshot (rqlite keeps 1.25 x the threshold)."""
     snapshot_interval_ms: int = 10_000
     """Also compact this often when anything lies below the trailing margin (rqlite's -raft-snap-int)."""
+    snapshot_threshold_bytes: int = 64 << 20
+    """Also compact once the log's entries hold this many bytes; the trailing margin then keeps
+    at most half of that. The raft process holds the log's entries in memory, so this bounds
+    its memory when entries are large (a bulk load's chunks, big statements)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,9 @@ class ApiSettings:
     max_concurrent_backups: int = 2
     """/db/backup requests served at once; each holds a copy of the database on disk and a
     worker thread (zraft.api.backup_stream)."""
+    max_load_bytes: int = 64 << 30
+    """The largest SQLite file /db/load and /boot take (spooled to disk, never held in memory:
+    zraft.api.loads). SQL text loads stay bounded by max_body_bytes."""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_concurrent_backups, int) and self.max_concurrent_backups > MAX_CONCURRENT_BACKUPS:

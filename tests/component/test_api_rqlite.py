@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import zlib
 from collections.abc import Iterator
 
 import pytest
 
 from tests.component.test_api_http import Env, start_env, stop_env
 from zraft.api.statements import disallowed_pragma
+from zraft.store.command import LoadChunk, LoadCommit
 from zraft.wire.messages import Propose, Query
 
 pytestmark = pytest.mark.timeout(30)
@@ -238,10 +240,23 @@ def test_load_sqlite_file_replaces_the_database_through_the_log(env: Env) -> Non
     status, doc = env.node.json("POST", "/db/load", src.read_bytes(),
                                 headers={"Content-Type": "application/octet-stream"})
     assert (status, doc) == (200, {"results": []})
-    [cmd] = env.proposals()
-    sqls = [s.sql for s in cmd.statements]
-    assert cmd.transaction and sqls[0] == 'DROP TABLE IF EXISTS "old"'
-    assert "CREATE TABLE new(a);" in sqls and 'INSERT INTO "new" VALUES(7);' in sqls
+    *chunks, commit = env.proposals()  # the file in chunks, then the commit
+    data = src.read_bytes()
+    assert all(isinstance(c, LoadChunk) for c in chunks) and b"".join(c.data for c in chunks) == data
+    assert commit == LoadCommit(chunks[0].load_id, len(chunks), len(data), zlib.crc32(data))
+
+
+def test_a_damaged_sqlite_file_is_a_400_and_nothing_enters_the_log(env: Env) -> None:
+    src = env.node.config.data_dir / "upload.sqlite"
+    conn = sqlite3.connect(src)
+    conn.execute("CREATE TABLE new(a)")
+    conn.executemany("INSERT INTO new VALUES(?)", [(i,) for i in range(5000)])
+    conn.commit()
+    conn.close()
+    before = len(env.proposals())
+    status, _, body = env.node.request("POST", "/db/load", src.read_bytes()[:6000])
+    assert status == 400 and body.startswith(b"invalid SQLite data")
+    assert len(env.proposals()) == before
 
 
 # == diagnostics ==============================================================================

@@ -22,7 +22,7 @@ import zmq
 
 from zraft.config import ApiSettings, NodeConfig, Peer
 from zraft.procs.api_proc import ApiProcess
-from zraft.store.command import decode_command
+from zraft.store.command import Command, decode_command
 from zraft.wire import decode, encode
 from zraft.wire.messages import (
     AppliedResult,
@@ -202,8 +202,9 @@ class FakeStore:
             if self.wait_error is not None:
                 return Error(id=mid, code=self.wait_error.code, message=self.wait_error.message)
             cmd = decode_command(self.raft.log[msg.index])
+            statements = cmd.statements if isinstance(cmd, Command) else []  # bulk-load steps answer []
             return AppliedResult(id=mid, index=msg.index,
-                                 result=[result_for(s.sql, _jsonable(s.params), msg.index) for s in cmd.statements])
+                                 result=[result_for(s.sql, _jsonable(s.params), msg.index) for s in statements])
         if isinstance(msg, Query):
             return QueryResult(id=mid, results=[result_for(s.sql, _jsonable(s.params), 0) for s in msg.statements],
                                applied=len(self.raft.log))

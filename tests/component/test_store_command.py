@@ -8,10 +8,14 @@ import pytest
 from zraft.store.command import (
     Command,
     CommandError,
+    LoadChunk,
+    LoadCommit,
     Statement,
     UnsupportedCommandVersion,
     decode_command,
     encode_command,
+    encode_load_step,
+    new_load_id,
 )
 
 
@@ -36,8 +40,8 @@ def test_wire_form_is_versioned_and_tags_blobs() -> None:
 
 
 def test_unknown_version_is_refused_clearly() -> None:
-    with pytest.raises(UnsupportedCommandVersion, match="version 4"):
-        decode_command(b'{"v": 4, "tx": false, "stmts": []}')
+    with pytest.raises(UnsupportedCommandVersion, match="version 5"):
+        decode_command(b'{"v": 5, "tx": false, "stmts": []}')
 
 
 def test_read_only_command_is_version_2_and_plain_commands_stay_version_1() -> None:
@@ -73,3 +77,32 @@ def test_malformed_payloads_raise_command_error(payload: bytes) -> None:
 def test_values_json_cannot_carry_are_refused_at_encode(bad: object) -> None:
     with pytest.raises(CommandError):
         encode_command(Command([Statement("SELECT ?", [bad])]))  # type: ignore[list-item]
+
+
+def test_load_steps_round_trip_as_version_4() -> None:
+    load_id = new_load_id()
+    chunk = LoadChunk(load_id, 7, b"\x00SQLite\xff")
+    commit = LoadCommit(load_id, 8, 8 * 3, 0xFFFFFFFF)
+    assert orjson.loads(encode_load_step(chunk))["v"] == 4
+    assert decode_command(encode_load_step(chunk)) == chunk
+    assert decode_command(encode_load_step(commit)) == commit
+
+
+@pytest.mark.parametrize("doc", [
+    {"load": "xyz", "seq": 0, "data": "AA=="},                       # id not 32 hex digits
+    {"load": "0" * 32, "seq": -1, "data": "AA=="},                   # negative position
+    {"load": "0" * 32, "seq": True, "data": "AA=="},                 # a bool is not a position
+    {"load": "0" * 32, "seq": 0, "data": "!!"},                      # not base64
+    {"load": "0" * 32, "seq": 0, "data": ""},                        # empty chunk
+    {"load": "0" * 32, "chunks": 0, "size": 0, "crc": 0},            # nothing to commit
+    {"load": "0" * 32, "chunks": 1, "size": 5 << 20, "crc": 0},      # more than one chunk can hold
+    {"load": "0" * 32, "chunks": 1, "size": 1, "crc": 1 << 32},      # not a CRC-32
+])  # fmt: skip
+def test_malformed_load_steps_are_command_errors(doc: dict[str, object]) -> None:
+    with pytest.raises(CommandError):
+        decode_command(orjson.dumps({"v": 4, **doc}))
+
+
+def test_an_out_of_range_load_step_is_refused_at_encode() -> None:
+    with pytest.raises(CommandError):
+        encode_load_step(LoadChunk(new_load_id(), 0, b""))

@@ -45,8 +45,10 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -62,7 +64,7 @@ from aiohttp.http import HttpVersion11
 from aiohttp.web_protocol import RequestPayloadError
 
 from zraft import __version__
-from zraft.api import backup
+from zraft.api import backup, loads
 from zraft.api.backup_stream import BackupSpec, Backups
 from zraft.api.errors import (
     LEADER_NOT_FOUND,
@@ -166,6 +168,7 @@ class HttpApi:
             "/db/request": (frozenset({"POST"}), self.unified),
             "/debug/vars": (frozenset({"GET"}), self.debug_vars),
             "/db/load": (frozenset({"POST"}), self.load),
+            "/boot": (frozenset({"POST"}), self.boot),
             "/snapshot": (frozenset({"POST"}), self.snapshot),
         }
 
@@ -456,10 +459,16 @@ class HttpApi:
             raise Unavailable(line.removeprefix("[+]").strip())
 
     async def load(self, request: web.BaseRequest) -> web.StreamResponse:
+        """rqlite's /db/load: a SQLite file (told by its first bytes) goes through the log in
+        chunks, whatever its size (zraft.api.loads); SQL text is one transaction, at most
+        max_body_bytes."""
         params = self._params(request)
-        self._check_length(request)
         with self.service.admit():
-            body = await self._read_body(request, params)
+            prefix = await self._read_prefix(request, params, len(backup.SQLITE_MAGIC))
+            if backup.is_sqlite_file(prefix):
+                return await self._load_file(request, params, prefix, boot=False)
+            self._check_length(request)
+            body = prefix + await self._read_body(request, params)
             try:
                 statements = await asyncio.to_thread(backup.load_statements, body, str(self.config.db_path))
             except ValueError as exc:
@@ -475,6 +484,77 @@ class HttpApi:
             if backup.is_sqlite_file(body):
                 outcome = Outcome([], outcome.raft_index, outcome.served_by)
             return self._results(outcome, params, start)
+
+    async def boot(self, request: web.BaseRequest) -> web.StreamResponse:
+        """rqlite's /boot: a SQLite file into a single-node cluster (503 on a cluster of more
+        voters). Here it takes the same chunked path through the log as /db/load, which is
+        as fast as the disk and keeps every guarantee of a write; the log's copy is dropped
+        by the compaction the load asks for."""
+        params = self._params(request)
+        with self.service.admit():
+            prefix = await self._read_prefix(request, params, 32)
+            if not backup.is_sqlite_file(prefix):
+                raise BadRequest("invalid SQLite data")
+            status = await self.service.raft_status(DEFAULT_NODES_TIMEOUT_S)
+            if len(status.voters) != 1 or status.leader != self.config.id:
+                raise Unavailable("/boot needs a single-node cluster, and this node as its leader")
+            return await self._load_file(request, params, prefix, boot=True)
+
+    async def _read_prefix(self, request: web.BaseRequest, params: Params, size: int) -> bytes:
+        """The first ``size`` bytes of the body (fewer if it is shorter), to tell a SQLite
+        file from SQL text before deciding how to read the rest."""
+        seconds = max(params.timeout or 0.0, self.config.api.request_timeout_ms / 1000)
+        try:
+            async with asyncio.timeout(seconds):
+                if request.version >= HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                prefix = b""
+                while len(prefix) < size and (piece := await request.content.read(size - len(prefix))):
+                    prefix += piece
+                return prefix
+        except TimeoutError:
+            raise BrokenBody(408, f"request body not received within {format_duration(seconds)}") from None
+        except (RequestPayloadError, HttpProcessingError, ConnectionError) as exc:
+            raise BrokenBody(400, f"invalid request body: {exc.__class__.__name__}") from None
+
+    async def _load_file(self, request: web.BaseRequest, params: Params, prefix: bytes, boot: bool) -> web.StreamResponse:
+        limit = self.config.api.max_load_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge(f"load too large: {request.content_length} > {limit} bytes")
+        idle = max(params.timeout or 0.0, self.config.api.request_timeout_ms / 1000)
+        scratch = scratch_dir(self.config)
+        scratch.mkdir(parents=True, exist_ok=True)
+        path = scratch / f"load-{os.getpid()}-{id(request):x}.sqlite"
+        try:
+            try:
+                spooled = await loads.spool(request.content, prefix, path, limit, idle)
+            except TimeoutError:
+                raise BrokenBody(408, f"load body stalled: no data for {format_duration(idle)}") from None
+            except (RequestPayloadError, HttpProcessingError, ConnectionError) as exc:
+                raise BrokenBody(400, f"invalid request body: {exc.__class__.__name__}") from None
+            await loads.check(spooled)
+            start = time.perf_counter()
+            timeout = params.timeout or self.config.api.request_timeout_ms / 1000
+            leader = await self.service.current_leader(2.0)
+            if leader != self.config.id and not boot:
+                return await self._forward_load(request, spooled, leader, timeout)
+            results = await loads.through_log(spooled, self.service.raft.propose, self.service.store.wait_applied,
+                                              timeout)
+            with contextlib.suppress(ApiError):  # the log's copy of the file goes; the load stands either way
+                await self.service.snapshot(0 if boot else -1, timeout)
+            return self._results(Outcome(results, 0, self.config.id), params, start)
+        finally:
+            loads.remove(path)
+
+    async def _forward_load(self, request: web.BaseRequest, spooled: loads.Spooled, leader: int,
+                            timeout: float) -> web.StreamResponse:
+        peer = self.config.peer(leader) if leader else None
+        if peer is None or request.headers.get(loads.FORWARDED_HEADER):
+            raise NotLeader(LEADER_NOT_FOUND)
+        if "redirect" in request.query:
+            raise NotLeader("not leader", leader=leader)
+        status, body, content_type = await loads.forward(spooled, peer.http, request.query_string, timeout)
+        return web.Response(status=status, body=body, content_type=content_type or None)
 
     # == node-local endpoints ==================================================================
     async def status(self, request: web.BaseRequest) -> web.StreamResponse:

@@ -3,7 +3,9 @@ between nodes (zraft/procs/DESIGN.md, "Snapshots and compaction").
 
 - `Compactor` drops log entries the database no longer needs: up to
   min(the store's durable index, what the core has handed out) - trailing_logs, once the log
-  holds `snapshot_threshold` entries beyond that margin, or every `snapshot_interval_ms`.
+  holds `snapshot_threshold` entries beyond that margin, or every `snapshot_interval_ms`; and
+  once the log's entries hold `snapshot_threshold_bytes`, with a margin of at most half that
+  many bytes (the core keeps its entries in memory: this bounds the raft process's memory).
 - `ImageTransfer` carries images over the peer link. As the *sender* it relays a follower's
   SnapshotPull to its own store (ExportRead) and the answer back (SnapshotChunk). As the
   *receiver* it holds a SNAP message from the leader, which the core must not see before the
@@ -51,6 +53,8 @@ MAX_RELAYED = 16
 """Pulls from followers waiting on this node's store at once; more are dropped (they retry)."""
 RELAY_TIMEOUT_S = 10.0
 MAX_REPLIES = 64
+BYTES_CHECK_S = 0.25
+"""How often the compactor adds up the bytes of the log's entries."""
 
 
 class Compactor:
@@ -58,10 +62,12 @@ class Compactor:
 
     def __init__(self, settings: RaftSettings, stats: Counters) -> None:
         self._threshold = settings.snapshot_threshold
+        self._threshold_bytes = settings.snapshot_threshold_bytes
         self._trailing = settings.trailing_logs
         self._interval_s = settings.snapshot_interval_ms / 1000
         self._stats = stats
         self._last_at = 0.0
+        self._bytes_checked_at = 0.0
         self.durable = 0
         """The store's durable index, from its latest fetch."""
 
@@ -74,10 +80,34 @@ class Compactor:
         """Compact if due; the new snapshot point, or None. Raises OSError from the log store."""
         start = core.log.snapshot.index
         point = self.point(core)
-        if point <= start:
+        if point > start and (point - start >= self._threshold or now - self._last_at >= self._interval_s):
+            return self.compact(core, store, point, now)
+        if min(self.durable, core.log.applied) <= start or now - self._bytes_checked_at < BYTES_CHECK_S:
             return None
-        due = point - start >= self._threshold or now - self._last_at >= self._interval_s
-        return self.compact(core, store, point, now) if due else None
+        self._bytes_checked_at = now  # the sum below walks every entry in memory: not on every tick
+        point = self._point_by_bytes(core)
+        return self.compact(core, store, point, now) if point > start else None
+
+    def _point_by_bytes(self, core: RaftCore) -> int:
+        """Once the log's entries hold `snapshot_threshold_bytes`, the highest index that may
+        go with a margin of at most half that many bytes (and at most trailing_logs entries);
+        else the current start."""
+        log_ = core.log
+        entries = log_.entries
+        start = log_.snapshot.index
+        if sum(len(e.data) for e in entries) < self._threshold_bytes:
+            return start
+        point = min(self.durable, log_.applied)
+        kept = 0
+        budget = self._threshold_bytes // 2
+        while point > start and point - start <= len(entries) and kept < self._trailing:
+            size = len(entries[point - start - 1].data)
+            if size > budget:
+                break
+            budget -= size
+            point -= 1
+            kept += 1
+        return point
 
     def compact(self, core: RaftCore, store: LogStore, point: int, now: float) -> SnapshotMeta | None:
         """Drop entries up to `point` from the log store (durably, first) and the core."""

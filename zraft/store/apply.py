@@ -52,7 +52,8 @@ import apsw
 
 from zraft.store import meta
 from zraft.store.budget import StepBudget
-from zraft.store.command import Command, Statement
+from zraft.store import loading
+from zraft.store.command import Command, LoadAbort, LoadChunk, Statement
 from zraft.store.determinism import EntryClock, EntryRandom
 from zraft.store.execute import StatementFailed, execute
 from zraft.store.guard import Guard, sqlite_boolean
@@ -80,7 +81,9 @@ class BadEntry:
     message: str
 
 
-Entries = Sequence[tuple[int, Command | BadEntry | None]]
+Step = Command | LoadChunk | LoadAbort | BadEntry | None
+"""What the applier runs for one entry (None: a no-op or configuration entry)."""
+Entries = Sequence[tuple[int, Step]]
 _Known = dict[tuple[int, int], tuple[str, bool]]
 """(entry index, statement position) -> (error message, budget exhausted) of a statement that
 ended the transaction."""
@@ -234,11 +237,13 @@ class Applier:
             value = self._conn.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'foreign_keys'").get
         return int(str(value))
 
-    def _entry(self, index: int, cmd: Command | BadEntry | None, known: _Known) -> ApplyResult:
+    def _entry(self, index: int, cmd: Step, known: _Known) -> ApplyResult:
         if cmd is None:
             return ApplyResult(index, [])
         if isinstance(cmd, BadEntry):
             return ApplyResult(index, [error_result(cmd.message)])
+        if isinstance(cmd, (LoadChunk, LoadAbort)):
+            return self._load_step(index, cmd)
         self.internal("SAVEPOINT zraft_entry")
         self._begin_entry(cmd)
         try:
@@ -250,6 +255,18 @@ class Applier:
             self._end_entry()
         self.internal("RELEASE zraft_entry")
         return ApplyResult(index, results, query=cmd.read_only)
+
+    def _load_step(self, index: int, step: LoadChunk | LoadAbort) -> ApplyResult:
+        """A bulk-load chunk is staged, a failed load's chunks dropped (zraft/store/loading.py)."""
+        self.internal("SAVEPOINT zraft_entry")
+        if isinstance(step, LoadChunk):
+            loading.stage(self.internal, step)
+            results: list[Result] = []
+        else:
+            loading.unstage(self.internal, step.load_id)
+            results = [error_result(step.message)]
+        self.internal("RELEASE zraft_entry")
+        return ApplyResult(index, results)
 
     def _begin_entry(self, cmd: Command) -> None:
         self._read_only = cmd.read_only

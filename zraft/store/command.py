@@ -5,6 +5,10 @@ decoding refuses any version it does not know instead of guessing:
 
 - ``"v": 1``: statements and the ``tx`` flag;
 - ``"v": 2``: the same plus ``"ro": true`` (a strong query, applied with the write veto on);
+- ``"v": 4``: one step of a bulk load (`/db/load` or `/boot` of a SQLite file, zraft/store/loading.py),
+  either a chunk ``{"v": 4, "load": "<id>", "seq": 0, "data": "<base64>"}`` that every node
+  stages inside its database, or the commit ``{"v": 4, "load": "<id>", "chunks": N, "size": B,
+  "crc": C}`` after which every node swaps the staged file in (or answers an error, alike).
 - ``"v": 3``: a *stamped* command (``ro`` optional): the proposer's wall clock ``time_ms``
   (integer milliseconds since the Unix epoch), a random 63-bit ``seed`` and the VM-step
   ``budget`` of the entry. Every node applies a stamped entry with SQLite's clock reading
@@ -36,7 +40,10 @@ every node answers with the same error result.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -52,8 +59,15 @@ READ_ONLY_VERSION = 2
 only knows version 1 refuses it instead of running it as a write."""
 STAMPED_VERSION = 3
 """Version of a stamped command (time, seed, budget), read-only or not."""
-NEWEST_VERSION = STAMPED_VERSION
-_KNOWN_VERSIONS = (COMMAND_VERSION, READ_ONLY_VERSION, STAMPED_VERSION)
+LOAD_VERSION = 4
+"""Version of a bulk-load step (LoadChunk, LoadCommit). A build without bulk loads waits at it
+(UnsupportedCommandVersion) instead of answering it differently from upgraded nodes."""
+NEWEST_VERSION = LOAD_VERSION
+_KNOWN_VERSIONS = (COMMAND_VERSION, READ_ONLY_VERSION, STAMPED_VERSION, LOAD_VERSION)
+MAX_LOAD_CHUNK = 4 << 20
+"""The most raw bytes one LoadChunk may carry (its entry is about 4/3 of that as base64)."""
+_LOAD_ID = re.compile(r"[0-9a-f]{32}")
+MAX_LOAD_CHUNKS = 1 << 24
 
 DEFAULT_BUDGET = 500_000_000
 """SQLite VM steps one entry may run when the proposer names no budget (store.max_write_steps).
@@ -118,6 +132,84 @@ class Command:
                    budget=DEFAULT_BUDGET if budget is None else budget)
 
 
+@dataclass(frozen=True, slots=True)
+class LoadChunk:
+    """Bytes ``seq`` of bulk load ``load_id``: every node stages them in its database (the
+    staging travels with snapshots and survives restarts like any applied data)."""
+
+    load_id: str
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LoadCommit:
+    """The end of bulk load ``load_id``: ``chunks`` chunks, ``size`` bytes whose CRC-32 is
+    ``crc``. Every node assembles the staged chunks, checks them and swaps the file in."""
+
+    load_id: str
+    chunks: int
+    size: int
+    crc: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadAbort:
+    """Bulk load ``load_id`` ends without a swap: every node drops its staged chunks and
+    answers ``message``. Proposed by a proposer that gives up (``{"v": 4, "load": id,
+    "abort": true}``), and what a commit whose checks fail becomes on apply."""
+
+    load_id: str
+    message: str
+
+
+Payload = Command | LoadChunk | LoadCommit | LoadAbort
+"""What a log entry's data decodes to."""
+
+
+def new_load_id() -> str:
+    """A fresh bulk-load id: 128 random bits in hex."""
+    return os.urandom(16).hex()
+
+
+def encode_load_step(step: LoadChunk | LoadCommit | LoadAbort) -> bytes:
+    """Serialise one bulk-load step for a log entry; raises CommandError for values out of range."""
+    doc: dict[str, Any] = {"v": LOAD_VERSION, "load": step.load_id}
+    if isinstance(step, LoadChunk):
+        doc["seq"] = step.seq
+        doc["data"] = base64.b64encode(step.data).decode()
+    elif isinstance(step, LoadAbort):
+        doc["abort"] = True
+    else:
+        doc["chunks"], doc["size"], doc["crc"] = step.chunks, step.size, step.crc
+    _decode_load(doc)  # refuse to write what no node would read
+    return orjson.dumps(doc)
+
+
+def _decode_load(doc: dict[str, Any]) -> LoadChunk | LoadCommit | LoadAbort:
+    load_id = doc.get("load")
+    if not isinstance(load_id, str) or not _LOAD_ID.fullmatch(load_id):
+        raise CommandError("'load' must be 32 lowercase hex digits")
+    if doc.get("abort") is True:
+        return LoadAbort(load_id, f"load {load_id} was abandoned by the node that proposed it")
+    if "data" in doc:
+        seq, data = doc.get("seq"), doc.get("data")
+        if type(seq) is not int or not 0 <= seq < MAX_LOAD_CHUNKS or not isinstance(data, str):
+            raise CommandError(f"a load chunk needs an integer 'seq' below {MAX_LOAD_CHUNKS} and a string 'data'")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise CommandError("a load chunk's 'data' must be standard base64") from None
+        if not 0 < len(raw) <= MAX_LOAD_CHUNK:
+            raise CommandError(f"a load chunk carries 1 to {MAX_LOAD_CHUNK} bytes, not {len(raw)}")
+        return LoadChunk(load_id, seq, raw)
+    chunks, size, crc = doc.get("chunks"), doc.get("size"), doc.get("crc")
+    if (type(chunks) is not int or not 0 < chunks <= MAX_LOAD_CHUNKS or type(size) is not int
+            or not chunks <= size <= chunks * MAX_LOAD_CHUNK or type(crc) is not int or not 0 <= crc < 1 << 32):
+        raise CommandError("a load commit needs integer 'chunks', 'size' and 'crc' in range")
+    return LoadCommit(load_id, chunks, size, crc)
+
+
 def encode_command(cmd: Command) -> bytes:
     """Serialise ``cmd`` for a log entry; raises CommandError for values JSON cannot carry."""
     doc: dict[str, Any] = {"tx": cmd.transaction, "stmts": [_encode_stmt(s) for s in cmd.statements]}
@@ -138,7 +230,7 @@ def encode_command(cmd: Command) -> bytes:
         raise CommandError(f"cannot encode command: {exc}") from exc
 
 
-def decode_command(data: bytes) -> Command:
+def decode_command(data: bytes) -> Payload:
     """Parse a log-entry payload; raises CommandError (or UnsupportedCommandVersion)."""
     try:
         doc = orjson.loads(data)
@@ -152,6 +244,8 @@ def decode_command(data: bytes) -> Command:
             f"unsupported command version {version!r}; this build reads versions {_KNOWN_VERSIONS}", version)
     if version not in _KNOWN_VERSIONS or isinstance(version, bool):
         raise CommandError(f"invalid command version {version!r}; this build reads versions {_KNOWN_VERSIONS}")
+    if version == LOAD_VERSION:
+        return _decode_load(doc)
     tx, stmts = doc.get("tx"), doc.get("stmts")
     if not isinstance(tx, bool) or not isinstance(stmts, list):
         raise CommandError("command needs a boolean 'tx' and a list 'stmts'")
@@ -197,5 +291,6 @@ def _decode_stmt(raw: object) -> Statement:
         raise CommandError(str(exc)) from None
 
 
-__all__ = ["COMMAND_VERSION", "DEFAULT_BUDGET", "NEWEST_VERSION", "STAMPED_VERSION", "Command", "CommandError",
-           "ParamValue", "Params", "Statement", "UnsupportedCommandVersion", "decode_command", "encode_command"]
+__all__ = ["COMMAND_VERSION", "DEFAULT_BUDGET", "LOAD_VERSION", "MAX_LOAD_CHUNK", "NEWEST_VERSION", "STAMPED_VERSION",
+           "Command", "CommandError", "LoadAbort", "LoadChunk", "LoadCommit", "ParamValue", "Params", "Payload", "Statement",
+           "UnsupportedCommandVersion", "decode_command", "encode_command", "encode_load_step", "new_load_id"]

@@ -15,8 +15,9 @@ from types import TracebackType
 import apsw
 
 from zraft.store import meta, snapshot
-from zraft.store.apply import Applier, ApplyResult, BadEntry
-from zraft.store.command import Command, CommandError, Statement, UnsupportedCommandVersion, decode_command
+from zraft.store import loading
+from zraft.store.apply import Applier, ApplyResult, BadEntry, Step
+from zraft.store.command import CommandError, LoadAbort, LoadCommit, Payload, Statement, UnsupportedCommandVersion, decode_command
 from zraft.store.determinism import EntryClock, EntryRandom, deterministic_apply, force_utc
 from zraft.store.guard import FIXED_SETTINGS, Guard
 from zraft.store.meta import META_TABLE, MetaState
@@ -164,18 +165,48 @@ class Database:
             plan = self._plan(batch)
             fresh = [(index, cmd) for index, cmd, skipped in plan if not skipped]
             applied: list[ApplyResult] = []
-            if fresh:
-                try:
-                    applied, self._state = self._applier.apply(fresh, self._state)
-                except BaseException:
-                    self._state = self._applier.committed
-                    raise
+            while fresh:
+                cut = next((pos for pos, (_, cmd) in enumerate(fresh) if isinstance(cmd, LoadCommit)), len(fresh))
+                if cut:
+                    applied += self._run([(index, cmd) for index, cmd in fresh[:cut] if not isinstance(cmd, LoadCommit)])
+                if cut < len(fresh):
+                    index, commit = fresh[cut]
+                    assert isinstance(commit, LoadCommit)
+                    applied.append(self._load(index, commit))
+                fresh = fresh[cut + 1:]
             results = iter(applied)
             return [ApplyResult(index, [], skipped=True) if skipped else next(results) for index, _, skipped in plan]
 
-    def _plan(self, batch: Sequence[tuple[int, bytes | None]]) -> list[tuple[int, Command | BadEntry | None, bool]]:
+    def _run(self, entries: Sequence[tuple[int, Step]]) -> list[ApplyResult]:
+        try:
+            applied, self._state = self._applier.apply(entries, self._state)
+        except BaseException:
+            self._state = self._applier.committed
+            raise
+        return applied
+
+    def _load(self, index: int, commit: LoadCommit) -> ApplyResult:
+        """The end of a bulk load (zraft/store/loading.py): swap the staged file in at ``index``,
+        or answer why not, alike on every node. This node's disk errors raise."""
+        work = f"{self._path}.load"
+        try:
+            with self._guard.trusted():
+                problem = loading.assemble(self._writer, commit, work)
+            if problem is None:
+                try:
+                    self._restore_locked(work, index, in_place=True)
+                    return ApplyResult(index, [])
+                except loading.NODE_ERRORS:
+                    raise
+                except apsw.Error as exc:  # the file passed quick_check yet SQLite refused it: alike everywhere
+                    problem = f"load {commit.load_id} failed: {exc}"
+        finally:
+            snapshot.remove(work)
+        return self._run([(index, LoadAbort(commit.load_id, problem))])[0]
+
+    def _plan(self, batch: Sequence[tuple[int, bytes | None]]) -> list[tuple[int, Payload | BadEntry | None, bool]]:
         """Validate the batch's indexes and decode the new entries before touching SQLite."""
-        plan: list[tuple[int, Command | BadEntry | None, bool]] = []
+        plan: list[tuple[int, Payload | BadEntry | None, bool]] = []
         expected = self._state.applied_index + 1
         for pos, (index, data) in enumerate(batch):
             if pos and index != batch[pos - 1][0] + 1:
@@ -260,22 +291,29 @@ class Database:
         ``applied_index`` is given (e.g. a user database loaded through the log at that
         index). Returns the new applied index.
         """
-        source_path = os.fspath(path)
         with self._write_lock:
-            page_size = snapshot.page_of(self._writer)
-            source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READONLY)
-            try:
-                direct = applied_index is None and not snapshot.needs_preparation(source, page_size)
-            finally:
-                source.close()
-            if direct:
-                self._restore_pages(source_path)
-            else:
-                self._restore_prepared(source_path, page_size, applied_index)
-            self._applier.reload()
-            self._state = self._read_state()
-            self._applier.restore_connection_state(self._state)
-            return self._state.applied_index
+            return self._restore_locked(os.fspath(path), applied_index)
+
+    def _restore_locked(self, source_path: str, applied_index: int | None, *, in_place: bool = False) -> int:
+        """restore_from's work, under the write lock; ``in_place`` lets it prepare the source
+        file itself (a scratch file the caller owns) instead of a copy of it."""
+        page_size = snapshot.page_of(self._writer)
+        source = apsw.Connection(source_path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            direct = applied_index is None and not snapshot.needs_preparation(source, page_size)
+        finally:
+            source.close()
+        if direct:
+            self._restore_pages(source_path)
+        elif in_place:
+            snapshot.prepare_in_place(source_path, page_size, applied_index)
+            self._restore_pages(source_path)
+        else:
+            self._restore_prepared(source_path, page_size, applied_index)
+        self._applier.reload()
+        self._state = self._read_state()
+        self._applier.restore_connection_state(self._state)
+        return self._state.applied_index
 
     def _restore_prepared(self, source_path: str, page_size: int, applied_index: int | None) -> None:
         work = f"{self._path}.restore"
@@ -305,7 +343,7 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
-def _decode(index: int, data: bytes) -> Command | BadEntry:
+def _decode(index: int, data: bytes) -> Payload | BadEntry:
     """An entry's command; a payload that no build can apply becomes a BadEntry (an error
     result on every node); one from a newer build stops the batch (NewerCommand)."""
     try:

@@ -67,6 +67,20 @@ def prepare_restore(source_path: str, work_path: str, page_size: int, applied_in
         work.close()
 
 
+def prepare_in_place(path: str, page_size: int, applied_index: int | None) -> None:
+    """prepare_restore without the copy, for a scratch file nobody else uses (a bulk load's
+    assembled file): rollback-journal mode, our page size, our meta table."""
+    work = apsw.Connection(path)
+    try:
+        work.execute("PRAGMA journal_mode=DELETE")
+        if page_of(work) != page_size:
+            work.execute(f"PRAGMA page_size={int(page_size)}; VACUUM")
+        state = MetaState(applied_index) if applied_index is not None else meta.read(work) or MetaState()
+        meta.replace(work, state)
+    finally:
+        work.close()
+
+
 def needs_preparation(source: apsw.Connection, page_size: int) -> bool:
     """True if ``source`` cannot be backed up into our database as it is."""
     return page_of(source) != page_size or meta.read(source) is None
