@@ -217,6 +217,40 @@ def backup(address: str, file: str, fmt: str, compress: bool, vacuum: bool, tabl
 
 
 @main.command()
+@click.option("--http", "address", required=True, help="A node of the cluster: HOST:PORT (or a full URL).")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True))
+@click.option("--boot", is_flag=True,
+              help="rqlite's /boot: only into a single-node cluster (a SQLite file); then add nodes.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds to wait for the node at any one moment; the wait for the answer grows with the size.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar on stderr [default: when stderr is a terminal].")
+def restore(address: str, file: str, boot: bool, timeout: float, progress: bool | None) -> None:
+    """Load FILE into the cluster, replacing its database: a SQLite file of any size (through
+    the log in chunks), or a SQL dump (run as one transaction)."""
+    from pathlib import Path
+
+    from zraft.download import ProgressBar
+    from zraft.shell import base_url
+    from zraft.upload import UploadError, is_sqlite, upload
+
+    path = Path(file)
+    if boot and not is_sqlite(path):
+        raise click.UsageError(f"{file} is not a SQLite file: --boot takes only those")
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        with ProgressBar(path.name, show) as bar:
+            done = upload(base_url(address, "http"), "/boot" if boot else "/db/load", path, timeout, bar)
+    except UploadError as exc:
+        click.echo(f"zraft restore: {exc}", err=True)
+        sys.exit(1)
+    kind = "SQLite file" if done.sqlite else "SQL dump"
+    rate = done.size / max(done.seconds, 1e-6) / (1 << 20)
+    click.echo(f"{kind} {file} loaded: {done.size:,} bytes in {done.seconds:.1f} s ({rate:.1f} MiB/s) "
+               f"through {done.url.rsplit('/', 2)[0]}", err=True)
+
+
+@main.command()
 @click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs, one after another, each on a fresh cluster.")
 @click.option("--time", "time_s", type=click.FloatRange(min=10), default=60.0, show_default=True,

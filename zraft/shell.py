@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from zraft.download import BackupRequest, DownloadError, download
+from zraft.upload import UploadError, is_sqlite, upload
 
 HISTORY_FILE = "~/.zraft_history"
 LEVELS = ("none", "weak", "linearizable", "strong")
@@ -30,6 +31,7 @@ VERSION_HEADER = "X-Rqlite-Version"
 
 HELP = """\
 .backup FILE                                  Write a backup of the database (a SQLite file) to FILE
+.boot FILE                                    Load a SQLite file into a single-node cluster
 .consistency [none|weak|linearizable|strong]  Show or set the read consistency level
 .dump [FILE [TABLE,TABLE...]]                 Dump the database (or some tables) as SQL, to FILE or the screen
 .exit                                         Exit this program
@@ -40,6 +42,7 @@ HELP = """\
 .nodes [all]                                  Show connection status of cluster nodes
 .quit                                         Exit this program
 .ready                                        Show ready status for the node
+.restore FILE                                 Load a SQLite file or a SQL dump, replacing the database
 .schema                                       Show CREATE statements for all tables
 .snapshot [TRAILING]                          Compact the node's Raft log now, keeping TRAILING entries
 .status                                       Show status and diagnostic information for the node
@@ -290,6 +293,7 @@ class Shell:
             ".status": self.cmd_status, ".expvar": self.cmd_expvar, ".ready": self.cmd_ready,
             ".timer": self.cmd_timer, ".consistency": self.cmd_consistency,
             ".leader": self.cmd_leader, ".backup": self.cmd_backup, ".snapshot": self.cmd_snapshot,
+            ".restore": self.cmd_restore, ".boot": self.cmd_boot,
         }.get(name)
         if handler is None:
             self.error(f'unknown command "{name}", enter ".help" for usage hints')
@@ -437,6 +441,32 @@ class Shell:
             raise ShellError("usage: .backup FILE")
         self._download(BackupRequest(), args[0])
         self.say("backup file written successfully")
+
+    def cmd_restore(self, args: list[str]) -> None:
+        """rqlite's `.restore FILE`: POST /db/load (a SQLite file or a SQL dump, told by its header)."""
+        if len(args) != 1:
+            raise ShellError("usage: .restore FILE")
+        self._upload("/db/load", args[0])
+        self.say("Database restored successfully.")
+
+    def cmd_boot(self, args: list[str]) -> None:
+        """rqlite's `.boot FILE`: POST /boot, a SQLite file into a single-node cluster."""
+        if len(args) != 1:
+            raise ShellError("usage: .boot FILE")
+        path = Path(args[0]).expanduser()
+        if path.is_file() and not is_sqlite(path):
+            raise ShellError(f"{args[0]} is not a SQLite file")
+        self._upload("/boot", args[0])
+        self.say("Node booted successfully.")
+
+    def _upload(self, endpoint: str, file: str) -> None:
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise ShellError(f"cannot read {file}: no such file")
+        try:
+            upload(self.client.base_url, endpoint, path, self.client.timeout)
+        except UploadError as exc:
+            raise ShellError(str(exc)) from None
 
     def _download(self, request: BackupRequest, file: str) -> None:
         """Stream /db/backup into `file` (zraft.download: FILE.part, renamed when complete)."""

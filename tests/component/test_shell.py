@@ -57,7 +57,13 @@ class FakeRqlite(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
+        raw = self.rfile.read(length) if length else b""
+        if url.path in ("/db/load", "/boot"):
+            self.server.calls.append((method, url.path, query, raw))
+            if raw.startswith(b"SQLite format 3\x00") or url.path == "/db/load":
+                return self._reply(200, {"results": []}) if url.path == "/db/load" else self._reply(200)
+            return self._reply(400, text="invalid SQLite data")
+        body = json.loads(raw) if raw else None
         self.server.calls.append((method, url.path, query, body))
         timed = "timings" in query
         if url.path == "/db/request" and not self.server.has_request:
@@ -292,3 +298,16 @@ def test_classification_and_table_format() -> None:
     assert format_table(["a"], []) == "+---+\n| a |\n+---+"
     assert format_table(["a", "b"], [[1.0, True], [2.5, None]]).splitlines()[3:5] == [
         "| 1   | true |", "| 2.5 |      |"]
+
+
+def test_restore_and_boot_stream_the_file(fake: Any, tmp_path: Path) -> None:
+    db = tmp_path / "x.sqlite"
+    db.write_bytes(b"SQLite format 3\x00" + bytes(5000))
+    dump = tmp_path / "x.sql"
+    dump.write_text("CREATE TABLE t(a);\n")
+    result = shell(fake, f".restore {db}\n.restore {dump}\n.boot {db}\n.boot {dump}\n.restore\n.restore /no/such\n")
+    assert result.stdout.splitlines() == [
+        "Database restored successfully.", "Database restored successfully.", "Node booted successfully.",
+        f"ERR! {dump} is not a SQLite file", "ERR! usage: .restore FILE", "ERR! cannot read /no/such: no such file"]
+    sent = [(c[1], c[3]) for c in fake.calls if c[1] in ("/db/load", "/boot")]
+    assert sent == [("/db/load", db.read_bytes()), ("/db/load", dump.read_bytes()), ("/boot", db.read_bytes())]

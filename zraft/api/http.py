@@ -470,20 +470,15 @@ class HttpApi:
             self._check_length(request)
             body = prefix + await self._read_body(request, params)
             try:
-                statements = await asyncio.to_thread(backup.load_statements, body, str(self.config.db_path))
+                statements = backup.load_statements(body)
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
-            except (apsw.Error, OSError) as exc:  # this node's database could not be read
-                raise Unavailable(f"load failed: {exc}") from None
             start = time.perf_counter()
             if not statements:
                 return self._results(Outcome([], 0, self.config.id), params, start)
             req = self._request(statements, params)
             req.options = replace(req.options, transaction=True)
-            outcome = await self.service.execute(req)
-            if backup.is_sqlite_file(body):
-                outcome = Outcome([], outcome.raft_index, outcome.served_by)
-            return self._results(outcome, params, start)
+            return self._results(await self.service.execute(req), params, start)
 
     async def boot(self, request: web.BaseRequest) -> web.StreamResponse:
         """rqlite's /boot: a SQLite file into a single-node cluster (503 on a cluster of more
@@ -542,6 +537,8 @@ class HttpApi:
                                               timeout)
             with contextlib.suppress(ApiError):  # the log's copy of the file goes; the load stands either way
                 await self.service.snapshot(0 if boot else -1, timeout)
+            if boot and not any(isinstance(r, dict) and r.get("error") for r in results):
+                return web.Response(status=200)  # rqlite's /boot answers an empty 200
             return self._results(Outcome(results, 0, self.config.id), params, start)
         finally:
             loads.remove(path)
