@@ -60,7 +60,9 @@ def _run_process(name: str, config_path: str) -> None:
     import logging
 
     from zraft.config import ConfigError, load
+    from zraft.procs.shell import bound_heap
 
+    bound_heap()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     try:
@@ -259,7 +261,8 @@ def restore(address: str, file: str, boot: bool, timeout: float, progress: bool 
               show_default=True)
 @click.option("--nemesis", default="all", show_default=True,
               help="Comma-separated faults or groups: partition-halves, partition-leader, partition-bridge, "
-                   "partition-asym, loss, kill, kill-node, pause, clock, power-loss, disk-full, slow-disk, bitflip; groups: partition, all.")
+                   "partition-asym, loss, kill, kill-node, pause, clock, power-loss, disk-full, slow-disk, bitflip, "
+                   "install-kill, install-power-loss, install-bitflip; groups: partition, snapshot, all.")
 @click.option("--seed", type=int, default=None, help="Seed of the first run (default: from the clock, printed).")
 @click.option("--out", type=click.Path(file_okay=False), default="chaos-out", show_default=True,
               help="Folder for each run's history, summary and cluster logs.")

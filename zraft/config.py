@@ -40,6 +40,9 @@ class RaftSettings:
     heartbeat_ticks: int = 1
     max_inflight: int = 64
     max_msg_bytes: int = 1 << 20
+    max_inflight_bytes: int = 4 << 20
+    """Entry data in flight to one follower at once (RaftConfig.max_inflight_bytes): a heartbeat
+    never queues behind more than this at a follower."""
     max_pending_proposals: int = 10_000
     fetch_max_bytes: int = 4 << 20
     segment_bytes: int = 64 << 20

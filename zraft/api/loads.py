@@ -44,7 +44,7 @@ from zraft.wire.messages import JsonValue, RenderOptions
 CHUNK_BYTES = 1 << 20
 """Raw bytes per chunk entry: small next to the wire cap and the fetch batches, large enough
 that a 1 GB file is about a thousand entries."""
-WINDOW = 8
+WINDOW = 4
 """Chunk entries proposed but not yet applied, at most: memory stays about WINDOW MiB."""
 COMMIT_BYTES_PER_S = 20 << 20
 """Added to the commit's wait: assembling, checking and swapping a file takes time on every node."""

@@ -96,16 +96,21 @@ class EntryServer:
         return EntriesReply(req.id, hi, entries)
 
     def _read(self, lo: int, hi: int, budget: int) -> list[Entry]:
-        """Entries lo..hi (inclusive) up to about `budget` bytes; at least one."""
+        """Entries lo..hi (inclusive) up to about `budget` bytes; at least one. Read in groups
+        sized from the entries seen so far (one at first), so that large entries are not read
+        from disk only to be left out: reading FETCH_CHUNK bulk-load chunks to send three of
+        them held the raft loop for 0.3 s a turn."""
         out: list[Entry] = []
         size = 0
+        group = 1
         while lo <= hi:
-            for entry in self._log.entries(lo, min(hi + 1, lo + FETCH_CHUNK)):
+            for entry in self._log.entries(lo, min(hi + 1, lo + group)):
                 size += entry.size()
                 if out and size > budget:
                     return out
                 out.append(entry)
             lo = out[-1].index + 1
+            group = max(1, min(FETCH_CHUNK, (budget - size) // max(size // len(out), 1) + 1))
         return out
 
     def serve_parked(self, now: float) -> None:

@@ -355,6 +355,7 @@ def _core_config(config: NodeConfig) -> RaftConfig:
     settings = config.raft
     return RaftConfig(node_id=config.id, election_tick=settings.election_ticks,
                       heartbeat_tick=settings.heartbeat_ticks, max_inflight=settings.max_inflight,
+                      max_inflight_bytes=settings.max_inflight_bytes,
                       max_msg_bytes=settings.max_msg_bytes, pre_vote=True, check_quorum=True)
 
 

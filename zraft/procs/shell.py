@@ -20,6 +20,8 @@ Rules: nothing here knows Raft or SQLite; one thread owns every socket; sends ne
 from __future__ import annotations
 
 import cProfile
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -218,6 +220,24 @@ def profiled(serve: Callable[[], None], node_id: int, name: str) -> None:
         profile.runcall(serve)
     finally:
         profile.dump_stats(os.path.join(folder, f"{name}-{node_id}-{os.getpid()}.prof"))
+
+
+MMAP_THRESHOLD_BYTES = 128 << 10
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def bound_heap() -> bool:
+    """Fix glibc's mmap threshold at its initial 128 KiB, so that every large buffer (a bulk
+    load's 1 MiB entries, a fetch reply of megabytes) is its own mapping, returned to the
+    system when freed. Left to itself glibc raises the threshold after the first such free,
+    and the buffers then come from the heap, which fragments: after a 1 GB load, followers'
+    raft processes kept 345-365 MB resident for 50 MB of live entries; with the threshold
+    fixed, 58-86 MB. Whether it took (False off glibc)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
 
 
 def setup_logging(name: str, node_id: int) -> None:

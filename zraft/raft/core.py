@@ -415,7 +415,7 @@ class RaftCore:
 
     def _add_progress(self, node: int) -> None:
         progress = Progress(self.log.last_index() + 1, self.config.max_inflight,
-                            node in self.conf.learners)
+                            node in self.conf.learners, self.config.max_inflight_bytes)
         progress.recent_active = True
         self.progress[node] = progress
 
@@ -685,7 +685,7 @@ class RaftCore:
             return
         self._send(Message(MsgType.APP, to=node, frm=self.id, term=self.term, index=prev_index,
                            log_term=prev_term, entries=entries, commit=self.log.committed))
-        progress.sent(entries[-1].index if entries else prev_index, bool(entries))
+        progress.sent(entries[-1].index if entries else prev_index, bool(entries), sum(len(e.data) for e in entries))
 
     def _send_snapshot(self, node: int, progress: Progress) -> None:
         if not progress.recent_active:

@@ -4,7 +4,11 @@ A follower is in one of three states (Raft dissertation §3.5 plus etcd's flow c
 - PROBE: the leader does not know where the logs match; one AppendEntries at a time, backing
   off on each rejection;
 - REPLICATE: logs match up to `match`; entries stream in pipelined AppendEntries, at most
-  `max_inflight` unacknowledged at once;
+  `max_inflight` unacknowledged at once, and at most `max_inflight_bytes` of entry data (one
+  message always goes, however large). The byte bound is what keeps a heartbeat from queueing
+  behind megabytes of entries at a follower that has to persist them first: with large entries
+  (a bulk load's 1 MiB chunks) 64 messages in flight were 90 MB, and heartbeats arrived late
+  enough to start elections;
 - SNAPSHOT: the follower needs entries the leader has compacted; a snapshot is on its way.
 """
 
@@ -16,16 +20,20 @@ from zraft.raft.types import ProgressState
 
 
 class Progress:
-    __slots__ = ("match", "next", "state", "probe_sent", "inflight", "max_inflight",
-                 "pending_snapshot", "recent_active", "snapshot_wait", "is_learner")
+    __slots__ = ("match", "next", "state", "probe_sent", "inflight", "max_inflight", "inflight_bytes",
+                 "max_inflight_bytes", "pending_snapshot", "recent_active", "snapshot_wait", "is_learner")
 
-    def __init__(self, next_index: int, max_inflight: int, is_learner: bool) -> None:
+    def __init__(self, next_index: int, max_inflight: int, is_learner: bool, max_inflight_bytes: int = 0) -> None:
         self.match = 0
         self.next = next_index
         self.state = ProgressState.PROBE
         self.probe_sent = False
-        self.inflight: deque[int] = deque()
+        self.inflight: deque[tuple[int, int]] = deque()
+        """(last index, bytes of entry data) of each unacknowledged AppendEntries, oldest first."""
         self.max_inflight = max_inflight
+        self.inflight_bytes = 0
+        self.max_inflight_bytes = max_inflight_bytes
+        """0: no bound in bytes."""
         self.pending_snapshot = 0
         self.recent_active = False
         self.snapshot_wait = 0
@@ -38,20 +46,20 @@ class Progress:
             self.next = self.match + 1
         self.state = ProgressState.PROBE
         self.probe_sent = False
-        self.inflight.clear()
+        self._clear_inflight()
         self.pending_snapshot = 0
 
     def become_replicate(self) -> None:
         self.state = ProgressState.REPLICATE
         self.next = self.match + 1
         self.probe_sent = False
-        self.inflight.clear()
+        self._clear_inflight()
 
     def become_snapshot(self, snapshot_index: int) -> None:
         self.state = ProgressState.SNAPSHOT
         self.pending_snapshot = snapshot_index
         self.snapshot_wait = 0
-        self.inflight.clear()
+        self._clear_inflight()
 
     def forget_match(self, next_index: int) -> None:
         """The follower no longer holds what it acknowledged: know nothing, probe from
@@ -60,22 +68,24 @@ class Progress:
         self.next = max(next_index, 1)
         self.state = ProgressState.PROBE
         self.probe_sent = False
-        self.inflight.clear()
+        self._clear_inflight()
         self.pending_snapshot = 0
 
     def is_paused(self) -> bool:
         if self.state == ProgressState.PROBE:
             return self.probe_sent
         if self.state == ProgressState.REPLICATE:
-            return len(self.inflight) >= self.max_inflight
+            return len(self.inflight) >= self.max_inflight or (
+                0 < self.max_inflight_bytes <= self.inflight_bytes)
         return True
 
-    def sent(self, last_index: int, had_entries: bool) -> None:
-        """Record an AppendEntries whose last entry is `last_index`."""
+    def sent(self, last_index: int, had_entries: bool, size: int = 0) -> None:
+        """Record an AppendEntries whose last entry is `last_index`, carrying `size` bytes."""
         if self.state == ProgressState.REPLICATE:
             if had_entries:
                 self.next = last_index + 1
-                self.inflight.append(last_index)
+                self.inflight.append((last_index, size))
+                self.inflight_bytes += size
         else:
             self.probe_sent = True
 
@@ -87,8 +97,8 @@ class Progress:
             updated = True
             self.probe_sent = False
         self.next = max(self.next, index + 1)
-        while self.inflight and self.inflight[0] <= index:
-            self.inflight.popleft()
+        while self.inflight and self.inflight[0][0] <= index:
+            self.inflight_bytes -= self.inflight.popleft()[1]
         return updated
 
     def maybe_decrease_to(self, rejected: int, probe_from: int) -> bool:
@@ -107,4 +117,8 @@ class Progress:
 
     def free_one_slot(self) -> None:
         if self.inflight:
-            self.inflight.popleft()
+            self.inflight_bytes -= self.inflight.popleft()[1]
+
+    def _clear_inflight(self) -> None:
+        self.inflight.clear()
+        self.inflight_bytes = 0

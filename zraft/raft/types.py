@@ -234,6 +234,8 @@ class RaftConfig:
     max_inflight: AppendEntries messages in flight to one follower in replicate state.
     max_msg_bytes: soft cap on the entries carried by one AppendEntries (at least one entry
         is always sent).
+    max_inflight_bytes: entry data in flight to one follower in replicate state (0: no bound;
+        one message always goes). Bounds how far a heartbeat can queue behind entries.
     """
 
     node_id: int
@@ -241,6 +243,7 @@ class RaftConfig:
     heartbeat_tick: int = 1
     max_inflight: int = 64
     max_msg_bytes: int = 1 << 20
+    max_inflight_bytes: int = 0
     pre_vote: bool = True
     check_quorum: bool = True
 

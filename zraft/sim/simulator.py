@@ -165,7 +165,8 @@ class Simulation:
         initial = InitialState(hard_state=durable.hard_state, snapshot=node.snapshot,
                                entries=tuple(durable.entries), applied=node.applied)
         config = RaftConfig(node_id=node.node_id, election_tick=ELECTION_TICK, heartbeat_tick=1,
-                            max_inflight=8, max_msg_bytes=self.profile.max_msg_bytes)
+                            max_inflight=8, max_msg_bytes=self.profile.max_msg_bytes,
+                            max_inflight_bytes=4 * self.profile.max_msg_bytes)
         node.core = self.core_factory(config, random.Random(self.rng.randrange(1 << 30)), initial)
         node.incarnation += 1
         node.in_flight = None

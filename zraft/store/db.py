@@ -195,6 +195,8 @@ class Database:
             if problem is None:
                 try:
                     self._restore_locked(work, index, in_place=True)
+                    with self._guard.trusted():  # the swap went through the WAL: give its size back
+                        self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                     return ApplyResult(index, [])
                 except loading.NODE_ERRORS:
                     raise

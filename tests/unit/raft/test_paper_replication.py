@@ -312,6 +312,38 @@ def test_replicate_state_pipelines_up_to_max_inflight_then_pauses() -> None:
     assert len(more) == 1
 
 
+def test_replicate_state_also_pauses_at_max_inflight_bytes() -> None:
+    """Flow control in bytes as well as in messages: large entries stop the pipeline once the
+    unacknowledged entry data reaches max_inflight_bytes, so that a follower persisting them
+    never has a heartbeat queued behind more than that; one message always goes, however
+    large, and an acknowledgement frees its bytes.
+    Reference: dissertation §10.2.2 (pipelining); etcd's MaxInflightBytes"""
+    net = Network(max_inflight=64, max_msg_bytes=1000, max_inflight_bytes=2500, **PLAIN)
+    net.elect(1)
+    leader = net.nodes[1]
+    net.isolate(2)
+    net.isolate(3)
+    start = len(net.sent)
+    for k in range(6):
+        leader.propose(bytes([k]) * 1000)
+        net.process(1)
+    apps_to_2 = [m for m in net.sent[start:] if m.type == MsgType.APP and m.to == 2 and m.entries]
+    assert [len(m.entries) for m in apps_to_2] == [1, 1, 1]  # 3,000 bytes: the third reached the bound
+    start = len(net.sent)
+    leader.step(app_resp(2, 1, leader.term, apps_to_2[1].entries[-1].index))  # frees 2,000 bytes
+    net.process(1)
+    more = [m for m in net.sent[start:] if m.type == MsgType.APP and m.to == 2 and m.entries]
+    assert more and leader.progress[2].inflight_bytes <= 2500 + 1000
+    big = Network(max_inflight=64, max_msg_bytes=1000, max_inflight_bytes=10, **PLAIN)
+    big.elect(1)
+    big.isolate(2)
+    big.isolate(3)
+    start = len(big.sent)
+    big.nodes[1].propose(b"x" * 5000)  # larger than the bound: it still goes, alone
+    big.process(1)
+    assert len([m for m in big.sent[start:] if m.type == MsgType.APP and m.to == 2 and m.entries]) == 1
+
+
 def test_probe_state_sends_one_append_at_a_time() -> None:
     """While the leader does not yet know where a follower's log matches its own (probe state),
     it sends one AppendEntries at a time and waits for the answer before the next.
