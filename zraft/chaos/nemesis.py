@@ -38,22 +38,25 @@ from pathlib import Path
 from typing import Protocol
 
 from zraft.chaos.disks import BitFlip, flip_synced_entry_bit, undo_flip
+from zraft.chaos.installs import InstallFaults
 from zraft.cluster import process_state
 
 NETWORK_FAULTS = ("partition-halves", "partition-leader", "partition-bridge", "partition-asym", "loss")
 PROCESS_FAULTS = ("kill", "kill-node", "pause")
 CLOCK_FAULTS = ("clock",)
 DISK_FAULTS = ("power-loss", "disk-full", "slow-disk", "bitflip")
-ALL_FAULTS = NETWORK_FAULTS + PROCESS_FAULTS + CLOCK_FAULTS + DISK_FAULTS
+SNAPSHOT_FAULTS = ("install-kill", "install-power-loss", "install-bitflip")
+ALL_FAULTS = NETWORK_FAULTS + PROCESS_FAULTS + CLOCK_FAULTS + DISK_FAULTS + SNAPSHOT_FAULTS
 GROUPS: dict[str, tuple[str, ...]] = {
     "partition": ("partition-halves", "partition-leader", "partition-bridge", "partition-asym"),
+    "snapshot": SNAPSHOT_FAULTS,
     "all": ALL_FAULTS,
 }
 LOSS_PROBABILITY = 0.2
 FULL_DISK_SLACK = 64 << 10
 """A disk with at most this much free space left counts as full (tmpfs keeps a few pages)."""
 PROCESS_TYPES = ("raft", "store", "api")
-KILLING_FAULTS = frozenset({"kill", "kill-node", "power-loss", "bitflip"})
+KILLING_FAULTS = frozenset({"kill", "kill-node", "power-loss", "bitflip", "install-kill", "install-power-loss"})
 """Faults that end processes on purpose; under every other fault a restart is a crash."""
 
 
@@ -114,6 +117,15 @@ class Target(Protocol):
 
     def process_log(self, node: int, kind: str) -> Path:
         """The file a process of `node` writes its log lines to."""
+
+    def raft_state(self, node: int) -> dict[str, int]:
+        """`node`'s /status store.raft section ({} when it does not answer)."""
+
+    def data_dir(self, node: int) -> Path:
+        """`node`'s data folder."""
+
+    def next_index(self, leader: int, node: int) -> int:
+        """The next entry `leader` will send `node` (0: unknown)."""
 
 
 @dataclass
@@ -230,6 +242,7 @@ class Nemesis:
         self._slow_node = 0
         self._slowed_before = 0
         self._pids_before: dict[tuple[int, str], int] = {}
+        self._installs = InstallFaults(target, rng)
 
     # -- network -------------------------------------------------------------------------
     def _cut(self, groups: Sequence[Sequence[str]]) -> None:
@@ -497,6 +510,8 @@ class Nemesis:
             injection.detail = self._bitflip(injection)
         elif fault == "slow-disk":
             injection.detail = self._slow_disk()
+        elif fault in SNAPSHOT_FAULTS:
+            injection.detail, injection.pids = self._installs.strike(fault)
         else:
             raise ValueError(f"unknown fault {fault!r}")
         self.current = injection
@@ -529,6 +544,8 @@ class Nemesis:
             self._settle_slow_disk(injection)
         elif injection.fault == "clock":
             self._settle_clock(injection)
+        elif injection.fault in SNAPSHOT_FAULTS:
+            self._settle_install(injection)
         self._check_no_crash(injection)
         injection.ended = self.clock()
         return injection
@@ -542,6 +559,17 @@ class Nemesis:
                          if now.get((node, kind)) != pid)
         if crashed:
             injection.problem = f"process(es) restarted or gone under {injection.fault}: {', '.join(crashed)}"
+
+    def _settle_install(self, injection: Injection) -> None:
+        """A snapshot fault bit if it caught a transfer in flight and, for the kills, the
+        victims ran anew; for the bit flip, if the store refused the image."""
+        killed = True
+        if injection.pids:
+            self._settle_kill(injection)
+            killed = injection.fired
+        caught, seen = self._installs.evidence(injection.fault)
+        injection.fired = killed and caught
+        injection.evidence = seen + (f"; {injection.evidence}" if injection.pids else "")
 
     def _settle_kill(self, injection: Injection) -> None:
         """A kill bit if each victim PID is gone and supervisord runs the program anew."""

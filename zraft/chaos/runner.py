@@ -175,6 +175,19 @@ class LocalTarget:
     def process_log(self, node: int, kind: str) -> Path:
         return self.directory / f"node{node}" / f"{kind}.log"
 
+    def raft_state(self, node: int) -> dict[str, int]:
+        raft = self._status(node).get("store", {}).get("raft", {})
+        return {k: v for k, v in raft.items() if isinstance(v, int)} if isinstance(raft, dict) else {}
+
+    def data_dir(self, node: int) -> Path:
+        return self.configs[node - 1].db_path.parent
+
+    def next_index(self, leader: int, node: int) -> int:
+        progress = self._status(leader).get("store", {}).get("raft", {}).get("progress", {})
+        entry = progress.get(str(node), {}) if isinstance(progress, dict) else {}
+        value = entry.get("next", 0) if isinstance(entry, dict) else 0
+        return value if isinstance(value, int) else 0
+
     def disk_report(self, node: int) -> str:
         store = self._status(node).get("store", {})
         for section in (store.get("raft", {}), store.get("fsm", {})):
@@ -255,8 +268,17 @@ def _retry(action: Callable[[], object], seconds: float) -> bool:
             time.sleep(0.3)
 
 
+BALLAST_MIB = 16
+"""A table of this many MiB of zeros makes every image many chunks long, so that the snapshot
+faults (zraft.chaos.installs) can catch a transfer in flight."""
+
+
 def _setup_schema(workload: Workload, https: Sequence[str]) -> None:
-    statements = workload.schema() + [f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (id INTEGER PRIMARY KEY)"]
+    statements = workload.schema() + [
+        f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (id INTEGER PRIMARY KEY)",
+        "CREATE TABLE IF NOT EXISTS chaos_ballast (b BLOB)",
+        f"INSERT INTO chaos_ballast SELECT zeroblob(1048576) FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL "
+        f"SELECT i + 1 FROM n WHERE i < {BALLAST_MIB}) SELECT i FROM n)"]
     client = NodeClient(https[0])
     try:
         if not _retry(lambda: client.execute(statements), 30.0):
@@ -310,7 +332,7 @@ def run_once(options: ChaosOptions, index: int, seed: int, echo: Callable[[str],
     history_path = directory / "history.jsonl"
     history_path.unlink(missing_ok=True)
     _fresh(cluster_dir)
-    lazy = "power-loss" in options.faults or "slow-disk" in options.faults
+    lazy = bool({"power-loss", "slow-disk", "install-power-loss"} & set(options.faults))
     disks = {node: NodeDisks(cluster_dir / f"node{node}", lazy,
                              "disk-full" in options.faults, seed) for node in range(1, NODES + 1)}
     firewall: Firewall | None = None

@@ -123,6 +123,8 @@ _KNOWN_FLAGS = FLAG_DROP_WAL
 _WAL_HEADER_SIZE = 32
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BUSY_TIMEOUT_MS = 5_000
+_CRC_BLOCK = 1 << 20
+"""Bytes read at a time when the received image's checksum is computed from disk."""
 IMAGE_NAME = "image.sqlite"
 GENERATION_SUFFIX = ".generation"
 
@@ -415,7 +417,6 @@ class Receiver:
         self._db_fd: int | None = None
         self._wal_fd: int | None = None
         self._received = 0
-        self._crc = 0
         self._done = False
 
     @property
@@ -485,7 +486,6 @@ class Receiver:
         if header is None:
             n = min(len(data), HEADER_SIZE - pos)
             self._head += data[:n]
-            self._hash(data[:n])
             self._received += n
             if len(self._head) == HEADER_SIZE:
                 try:
@@ -511,12 +511,22 @@ class Receiver:
             self._tail += data
             self._received += n
             return n
-        self._hash(data[:n])
         self._received += n
         return n
 
-    def _hash(self, data: memoryview) -> None:
-        self._crc = zlib.crc32(data, self._crc)
+    def _stored_crc(self, header: ImageHeader) -> int:
+        """CRC-32 of the stream's body as it is on disk now, not as it arrived: a bit that
+        flips in the staging files between a write and the install is caught too."""
+        assert self._db_fd is not None and self._wal_fd is not None
+        crc = zlib.crc32(self._head)
+        for fd, length in ((self._db_fd, header.db_length), (self._wal_fd, header.body_size - HEADER_SIZE
+                                                               - header.db_length)):
+            offset = 0
+            while offset < length:
+                block = _pread_exact(fd, offset, min(_CRC_BLOCK, length - offset))
+                crc = zlib.crc32(block, crc)
+                offset += len(block)
+        return crc
 
     def _kept(self, offset: int, length: int) -> bytes:
         """Bytes [offset, offset + length) as already kept."""
@@ -551,8 +561,8 @@ class Receiver:
         flags, crc, end_magic = _TRAILER.unpack(bytes(self._tail))
         if end_magic != END_MAGIC:
             raise ImageError(f"image trailer is damaged: bad end magic {end_magic!r}")
-        if zlib.crc32(flags.to_bytes(4, "big"), self._crc) != crc:
-            raise ImageError("image checksum does not match: the bytes were damaged on the way")
+        if zlib.crc32(flags.to_bytes(4, "big"), self._stored_crc(header)) != crc:
+            raise ImageError("image checksum does not match: the bytes were damaged on the way or on disk")
         if flags & ~_KNOWN_FLAGS:
             raise ImageError(f"image trailer has unknown flags {flags:#x}")
         assert self._db_fd is not None and self._wal_fd is not None
