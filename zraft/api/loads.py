@@ -48,6 +48,9 @@ WINDOW = 4
 """Chunk entries proposed but not yet applied, at most: memory stays about WINDOW MiB."""
 COMMIT_BYTES_PER_S = 20 << 20
 """Added to the commit's wait: assembling, checking and swapping a file takes time on every node."""
+SLOWEST_LOAD_BYTES_PER_S = 2 << 20
+"""How slowly a whole load may go through the log before a forwarding follower gives up
+waiting for the leader's answer (1 GB: about 8 minutes; measured: 45-62 s on 2 cores)."""
 FORWARDED_HEADER = "X-Zraft-Forwarded-Load"
 """Marks a load a follower forwarded, so that the receiver never forwards it again."""
 
@@ -161,7 +164,8 @@ async def _abandon(load_id: str, propose: ProposeFn, timeout: float) -> None:
 async def forward(spooled: Spooled, leader_http: str, query: str, timeout: float) -> tuple[int, bytes, str]:
     """POST the spooled file to the leader's /db/load; its status, body and content type."""
     url = f"http://{leader_http}/db/load" + (f"?{query}" if query else "")
-    limit = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout + spooled.size / COMMIT_BYTES_PER_S)
+    limit = aiohttp.ClientTimeout(total=None, sock_connect=timeout,
+                                  sock_read=timeout + spooled.size / SLOWEST_LOAD_BYTES_PER_S)
     try:
         async with aiohttp.ClientSession(timeout=limit) as session:
             with open(spooled.path, "rb") as f:
