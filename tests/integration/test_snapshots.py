@@ -110,6 +110,12 @@ def test_a_follower_whose_data_folder_was_wiped_comes_back_with_every_row(small:
     wait_for(lambda: rows(small, follower) == expected, 60, "the wiped follower to hold every row")
     store = http("GET", f"http://127.0.0.1:{small.port(follower)}/status")[1]["store"]["fsm"]
     assert store.get("images_installed", 0) == 1, store  # through an image: its log was compacted past it
+    if lost == "everything":  # it voted for nobody until every voter had told it its term and log
+        log = node_dir / "raft.log"
+        since_wipe = wait_for(lambda: (text := log.read_text().split("blank start")[-1]) and
+                              "every voter answered: term " in text and text, 20, "the wiped node to recover")
+        answered = int(since_wipe.split("every voter answered: term ")[1].split(",")[0])
+        assert answered >= raft_status(small, leader)["term"] >= 1
     write_rows(port, 50_000, 5)
     expected = rows(small, leader)
     wait_for(lambda: rows(small, follower) == expected, 30, "the wiped follower to apply new writes")

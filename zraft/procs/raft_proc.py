@@ -107,7 +107,10 @@ class RaftProcess:
         self._ticker = Ticker(config.raft.tick_ms / 1000.0, 2 * config.raft.election_ticks, time.monotonic(),
                               self.stats, log)
         self.watch = RoleWatch(self.core)
-        if self.core.vote_floor != (0, 0):
+        if self.core.recovering:
+            log.info("blank start: this node neither votes nor stands for election until every other "
+                        "voter has told it its term and last log id")
+        elif self.core.vote_floor != (0, 0):
             log.warning("vote floor %s: this node neither votes for a log behind it nor stands for "
                         "election until it has fetched the entries it lost", self.core.vote_floor)
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -356,7 +359,7 @@ def _core_config(config: NodeConfig) -> RaftConfig:
     return RaftConfig(node_id=config.id, election_tick=settings.election_ticks,
                       heartbeat_tick=settings.heartbeat_ticks, max_inflight=settings.max_inflight,
                       max_inflight_bytes=settings.max_inflight_bytes,
-                      max_msg_bytes=settings.max_msg_bytes, pre_vote=True, check_quorum=True)
+                      max_msg_bytes=settings.max_msg_bytes, recover_blank=True, pre_vote=True, check_quorum=True)
 
 
 # == entry points ============================================================================

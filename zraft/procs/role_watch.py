@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from zraft.raft import NONE, RaftCore, Ready
+from zraft.raft.core import RECOVERY_FLOOR
 
 log = logging.getLogger("zraft.raft_proc")
 
@@ -33,9 +34,17 @@ class RoleWatch:
             term = hard.term
             log.info("term %d (vote %d)", hard.term, hard.vote)
         if hard is not None and hard.vote_floor() != floor:
-            floor = hard.vote_floor()
-            log.warning("the log reached the vote floor (last index %d): voting and campaigning "
-                        "normally again", core.log.last_index())
+            old, floor = floor, hard.vote_floor()
+            if core.recovering:
+                pass  # the blank-start floor: said once at start
+            elif old == RECOVERY_FLOOR:
+                log.warning("every voter answered: term %d, vote floor %s%s", hard.term, floor,
+                            "" if floor > (core.log.last_term(), core.log.last_index()) else " (already reached)")
+            elif floor > old:
+                log.warning("vote floor raised to %s", floor)
+            else:
+                log.warning("the log reached the vote floor (last index %d): voting and campaigning "
+                            "normally again", core.log.last_index())
         self._seen = (leader, term, floor)
         return changed
 

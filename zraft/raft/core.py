@@ -21,7 +21,9 @@ Rules this module keeps (section numbers are the Raft paper's, "D" the dissertat
 - D§4.1: one membership change at a time, taking effect when appended;
 - §7: compaction and snapshot installation;
 - vote floor (zraft's own, see DESIGN.md): a node whose log was cut short after damage votes
-  and campaigns as if its log still reached the floor, until it really does again.
+  and campaigns as if its log still reached the floor, until it really does again;
+- blank-start recovery (zraft's own, see DESIGN.md): a node that starts with no durable state
+  votes only after enough other voters told it their terms and last log ids (its floor).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ from zraft.raft.types import (
 _SEND_BEFORE_PERSIST = frozenset({MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP,
                                   MsgType.TIMEOUT_NOW, MsgType.READ_INDEX_RESP})
 _FROM_LEADER = frozenset({MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP})
+RECOVERY_FLOOR = (MAX_VALUE, MAX_VALUE)
+"""The vote floor of a node that started blank, until every other voter told it its state."""
 _MAX_APPLY_BYTES = 4 << 20
 
 
@@ -113,10 +117,20 @@ class RaftCore:
         self._append_pending = False
         self._reset_randomized_timeout()
         self._maybe_clear_vote_floor()
+        blank = hs == HardState() and not initial.entries and initial.snapshot.index == 0
+        if config.recover_blank and blank and self.id in self.conf.voters:
+            self.vote_floor = RECOVERY_FLOOR  # durable with the first hard state: a restart keeps it
+        self._recovery: dict[int, tuple[int, tuple[int, int]]] = {}
+        self._recovery_elapsed = config.election_tick  # the first query goes on the first tick
+        self._recovery_nonce = rand.randrange(MAX_VALUE) + 1 if self.recovering else 0
+        """Echoed by answers, so that one sent to an earlier incarnation (before a wipe) is not taken."""
+        self._finish_recovery_if_told()
 
     # == public inputs =======================================================================
     def tick(self) -> None:
         """Advance logical time by one tick."""
+        if self.recovering:
+            self._tick_recovery()
         if self.role == Role.LEADER:
             self._tick_leader()
         else:
@@ -229,6 +243,9 @@ class RaftCore:
         if reason is not None:
             self._refuse(reason)
             return
+        if msg.type in (MsgType.STATE_QUERY, MsgType.STATE_REPLY):
+            self._handle_state_message(msg)  # term-free: it asks and tells, it changes no role
+            return
         if msg.term > self.term:
             if not self._accept_higher_term(msg):
                 return
@@ -272,7 +289,8 @@ class RaftCore:
         rd.messages, rd.messages_after_persist = self._split_messages(hard)
         rd.read_states = tuple(self._read_states)
         rd.must_sync = bool(rd.entries) or rd.snapshot is not None or (
-            rd.hard_state is not None and (hard.term, hard.vote) != (self._prev_hard.term, self._prev_hard.vote))
+            rd.hard_state is not None and ((hard.term, hard.vote) != (self._prev_hard.term, self._prev_hard.vote)
+                                           or hard.vote_floor() > self._prev_hard.vote_floor()))
         self._msgs, self._msgs_after, self._read_states = [], [], []
         self._ready_in_flight = True
         return rd
@@ -315,7 +333,8 @@ class RaftCore:
         (vote floor, rule a) at least as up-to-date as the log this node had before it lost
         part of it: entries it acknowledged may be among those lost, and a majority that
         committed them may have counted it."""
-        return self.log.is_up_to_date(last_index, last_term) and (last_term, last_index) >= self.vote_floor
+        return (not self.recovering and self.log.is_up_to_date(last_index, last_term)
+                and (last_term, last_index) >= self.vote_floor)
 
     def _can_commit_by_counting(self, index: int) -> bool:
         """§5.4.2: only entries of the leader's current term are committed by counting."""
@@ -431,7 +450,7 @@ class RaftCore:
         for every peer (validate.py)."""
         return ((self.id in self.conf.voters or self._removed_by_uncommitted_change())
                 and self.log.pending_snapshot is None and not self.below_vote_floor()
-                and self.term < MAX_VALUE)
+                and not self.recovering and self.term < MAX_VALUE)
 
     def _removed_by_uncommitted_change(self) -> bool:
         """Whether the latest configuration in this log is not yet committed (as far as this
@@ -472,6 +491,75 @@ class RaftCore:
         later truncations only ever remove uncommitted entries."""
         if self.vote_floor != (0, 0) and not self.below_vote_floor():
             self.vote_floor = (0, 0)
+
+    # == blank-start recovery =================================================================
+    @property
+    def recovering(self) -> bool:
+        """Whether this node started blank and has not yet heard from every other voter. Its
+        vote floor is then RECOVERY_FLOOR, which no log reaches: it votes for nobody and does
+        not campaign (rules a and b), and the floor, being part of the hard state, survives
+        restarts until the recovery is done."""
+        return self.vote_floor == RECOVERY_FLOOR
+
+    def recovery_needs(self) -> int:
+        """How many other voters must tell a blank node their state before it may vote: all of
+        them (none in a cluster of one, where nothing is left to ask). Fewer would do for the
+        floor (N - q + 1 meet every majority that contains this node), but not for its vote:
+        a candidate it voted for before the wipe may still be collecting votes, and only that
+        candidate is sure to know the term (DESIGN.md)."""
+        return len([node for node in self.conf.voters if node != self.id])
+
+    def _tick_recovery(self) -> None:
+        """Ask every other voter for its state once per election timeout until told enough
+        (the configuration may change meanwhile: the entries it receives can carry one)."""
+        self._finish_recovery_if_told()
+        if not self.recovering:
+            return
+        self._recovery_elapsed += 1
+        if self._recovery_elapsed < self.config.election_tick:
+            return
+        self._recovery_elapsed = 0
+        for node in self.conf.voters:
+            if node != self.id and node not in self._recovery:
+                self._send(Message(MsgType.STATE_QUERY, to=node, frm=self.id, term=self.term,
+                                   context=self._recovery_nonce))
+
+    def _handle_state_message(self, msg: Message) -> None:
+        """STATE_QUERY: answer with this node's term and last log id (or its vote floor, when
+        that is higher: it stands for entries the node may have had). STATE_REPLY: note it.
+        A blank node's answer counts too (a new cluster's nodes all start blank): the rule
+        holds while the nodes it hears from kept their state, the one assumption no Raft can
+        do without (a majority that lost its disks has lost what it committed)."""
+        if msg.type == MsgType.STATE_QUERY:
+            last = (self.log.last_term(), self.log.last_index())
+            if not self.recovering:  # a floor stands for entries this node may have had
+                last = max(last, self.vote_floor)
+            self._send(Message(MsgType.STATE_REPLY, to=msg.frm, frm=self.id, term=self.term,
+                               index=last[1], log_term=last[0], context=msg.context))
+            return
+        if (self.recovering and msg.context == self._recovery_nonce and msg.frm in self.conf.voters
+                and msg.log_term <= msg.term):
+            self._recovery[msg.frm] = (msg.term, (msg.log_term, msg.index))
+            self._finish_recovery_if_told()
+
+    def _finish_recovery_if_told(self) -> None:
+        """Once every other voter answered: take the highest term they know, as if this node
+        had voted in it (it may have, in any term up to that one, and must not vote in one of
+        those again: the vote is set to itself, which grants nobody else), and the highest
+        last log id as the vote floor (any entry it acknowledged that can have committed is
+        held by one of them, so a log at least that up-to-date holds it: rule a of the floor).
+        From then on it is an ordinary node with a vote floor."""
+        if not self.recovering or sum(1 for node in self._recovery if node in self.conf.voters) < self.recovery_needs():
+            return
+        term = max((t for t, _ in self._recovery.values()), default=0)
+        floor = max((last for _, last in self._recovery.values()), default=(0, 0))
+        self._recovery = {}
+        if term > self.term:
+            self._become_follower(term, NONE)
+        if term == self.term and term > 0 and self.vote == NONE:
+            self.vote = self.id
+        self.vote_floor = floor  # lower than RECOVERY_FLOOR: needs no fsync (a crash keeps the stricter one)
+        self._maybe_clear_vote_floor()
 
     # == elections ===========================================================================
     def _tick_election(self) -> None:

@@ -32,6 +32,8 @@ class MsgType(IntEnum):
     TIMEOUT_NOW = 10
     READ_INDEX = 11
     READ_INDEX_RESP = 12
+    STATE_QUERY = 13
+    STATE_REPLY = 14
 
 
 class Role(IntEnum):
@@ -236,6 +238,9 @@ class RaftConfig:
         is always sent).
     max_inflight_bytes: entry data in flight to one follower in replicate state (0: no bound;
         one message always goes). Bounds how far a heartbeat can queue behind entries.
+    recover_blank: a node that starts with no durable state at all (a new node, or one whose
+        data was wiped) neither votes nor campaigns until enough other voters have told it
+        their term and last log id (raft/DESIGN.md, "A node that lost everything").
     """
 
     node_id: int
@@ -244,6 +249,7 @@ class RaftConfig:
     max_inflight: int = 64
     max_msg_bytes: int = 1 << 20
     max_inflight_bytes: int = 0
+    recover_blank: bool = False
     pre_vote: bool = True
     check_quorum: bool = True
 

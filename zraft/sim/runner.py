@@ -23,11 +23,14 @@ class SeedResult:
 
 
 def run_seed(seed: int, steps: int, nodes: int, core_factory: CoreFactory = RaftCore,
-             check_liveness: bool = True, vote_floor: bool = True, damage: bool = True) -> SeedResult:
+             check_liveness: bool = True, vote_floor: bool = True, damage: bool = True,
+             wipe: bool = True, recover_blank: bool = True) -> SeedResult:
     """One seeded run: `steps` events of faults, then (optionally) heal and check liveness.
-    `vote_floor=False` restarts damaged nodes without their vote floor (a planted bug);
-    `damage=False` leaves out the damage fault altogether."""
-    sim = Simulation(seed, nodes=nodes, core_factory=core_factory, vote_floor=vote_floor, damage=damage)
+    `vote_floor=False` restarts damaged nodes without their vote floor, `recover_blank=False`
+    lets wiped nodes vote at once (planted bugs); `damage=False` and `wipe=False` leave out
+    those faults altogether."""
+    sim = Simulation(seed, nodes=nodes, core_factory=core_factory, vote_floor=vote_floor, damage=damage,
+                     wipe=wipe, recover_blank=recover_blank)
     sim.run(steps)
     live = True
     if check_liveness and not sim.checker.violations:

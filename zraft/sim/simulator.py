@@ -11,10 +11,13 @@ events, so that a crash can fall between them: `process` takes a Ready and sends
 that may leave before the write; `persist` later makes the write durable, sends the rest,
 applies, and advances. A crash discards everything not yet persisted.
 
-One fault goes beyond a crash: *damage* (a flipped bit in a node's synced log, detected at
-restart). The node restarts with its log cut at a random point and, as the raft process's
+Two faults go beyond a crash. *Damage* (a flipped bit in a node's synced log, detected at
+restart): the node restarts with its log cut at a random point and, as the raft process's
 salvage does, a vote floor at the last log id it had. `vote_floor=False` restarts it without
-the floor: the planted-bug control showing that the floor is what keeps this safe.
+the floor: the planted-bug control showing that the floor is what keeps this safe. A *wipe*
+(an operator emptied the node's data folder): the node restarts with nothing at all but its
+configuration, and must learn a floor and a term from the other voters before it votes
+(RaftConfig.recover_blank); `recover_blank=False` is the planted-bug control.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ ELECTION_TICK = 10
 _MASK = (1 << 64) - 1
 
 # event kinds
-_TICK, _DELIVER, _PROCESS, _PERSIST, _RESTART, _NEMESIS, _CLIENT, _DAMAGE = range(8)
+_TICK, _DELIVER, _PROCESS, _PERSIST, _RESTART, _NEMESIS, _CLIENT, _DAMAGE, _WIPE = range(9)
 
 CoreFactory = Callable[[RaftConfig, random.Random, InitialState], RaftCore]
 
@@ -87,9 +90,16 @@ class SimNode:
 
 class Simulation:
     def __init__(self, seed: int, nodes: int = 3, core_factory: CoreFactory = RaftCore,
-                 profile: FaultProfile | None = None, vote_floor: bool = True, damage: bool = True) -> None:
+                 profile: FaultProfile | None = None, vote_floor: bool = True, damage: bool = True,
+                 wipe: bool = True, recover_blank: bool = True) -> None:
         self.seed = seed
         self.vote_floor = vote_floor
+        self.recover_blank = recover_blank
+        self.wipe_count = 0
+        self.wiped: set[int] = set()  # wiped nodes not yet through their blank-start recovery
+        # Wipes too draw from a stream of their own and strike in half of the seeds.
+        self._wipe_rng = random.Random(seed * 9_000_011 + 41)
+        self.wipe_on = wipe and self._wipe_rng.random() < 0.5
         self.damaged: dict[int, tuple[int, int]] = {}  # node -> last log id it had when damaged
         self.damage_count = 0
         # Damage draws from a stream of its own, on a schedule of its own, and strikes in half
@@ -131,6 +141,8 @@ class Simulation:
         self._schedule(1, _CLIENT, None)
         if self.damage_on:
             self._schedule(self._damage_rng.randrange(50, 1000), _DAMAGE, None)
+        if self.wipe_on:
+            self._schedule(self._wipe_rng.randrange(50, 1500), _WIPE, None)
 
     # == scheduling ==========================================================================
     def _schedule(self, delay: int, kind: int, payload: object) -> None:
@@ -166,7 +178,7 @@ class Simulation:
                                entries=tuple(durable.entries), applied=node.applied)
         config = RaftConfig(node_id=node.node_id, election_tick=ELECTION_TICK, heartbeat_tick=1,
                             max_inflight=8, max_msg_bytes=self.profile.max_msg_bytes,
-                            max_inflight_bytes=4 * self.profile.max_msg_bytes)
+                            max_inflight_bytes=4 * self.profile.max_msg_bytes, recover_blank=self.recover_blank)
         node.core = self.core_factory(config, random.Random(self.rng.randrange(1 << 30)), initial)
         node.incarnation += 1
         node.in_flight = None
@@ -446,6 +458,56 @@ class Simulation:
         self._mix(2000 + node.node_id, cut)
         self._schedule(rng.randrange(1, 3 * ELECTION_TICK * TICK), _RESTART, node.node_id)
 
+    def _on_wipe(self, payload: object) -> None:
+        if not self.faults_on:
+            return
+        self._nemesis_wipe()
+        self._schedule(self._wipe_rng.randrange(200, 1500), _WIPE, None)
+
+    def _nemesis_wipe(self) -> None:
+        """A node's data folder is emptied: it restarts with its bootstrap configuration and
+        nothing else (no term, no vote, no log, no floor), as a fresh node would.
+
+        Under the same conditions as damage (at most one node recovering at a time, the others
+        able to elect without it), and only while every node holds the bootstrap voters: the
+        wiped node asks the voters its configuration file names, which must be the real ones
+        (zraft's processes have a fixed membership; a node whose configuration changed must
+        be re-added, not wiped)."""
+        rng = self._wipe_rng
+        node = self.nodes[rng.choice(self.voters)]
+        if self._min_voters() < 3 or any(self._recovering(other) for other in self.nodes.values()):
+            return
+        if not self._others_can_elect(node) or not self._static_membership():
+            return
+        last_id = self._durable_last_id(node)
+        self.crash(node)
+        node.durable = Durable()
+        node.snapshot = SnapshotMeta(conf=ConfState(voters=self.voters))
+        node.applied = 0
+        if last_id > (0, 0):
+            self.damaged[node.node_id] = last_id
+        self.wiped.add(node.node_id)
+        self.wipe_count += 1
+        self._mix(4000 + node.node_id)
+        self._schedule(rng.randrange(1, 3 * ELECTION_TICK * TICK), _RESTART, node.node_id)
+
+    def _blank(self, node: SimNode) -> bool:
+        """Whether `node` is (or would restart) in blank-start recovery."""
+        if not self.recover_blank:
+            return False
+        if node.core is not None and node.core.recovering:
+            return True
+        durable = node.durable
+        return durable.hard_state == HardState() and not durable.entries and node.snapshot.index == 0
+
+    def _static_membership(self) -> bool:
+        """Whether every node, in memory and on disk, has the bootstrap voters."""
+        for node in self.nodes.values():
+            confs = [self._durable_conf(node)] + ([node.core.conf] if node.core is not None else [])
+            if any(conf.voters and conf.voters != self.voters for conf in confs):
+                return False
+        return True
+
     @staticmethod
     def _durable_last_id(node: SimNode) -> tuple[int, int]:
         durable = node.durable
@@ -480,12 +542,14 @@ class Simulation:
         have led). Refusing every election is then the correct outcome of the floor, which
         the liveness check would report as a failure (raft/DESIGN.md, "Liveness")."""
         def up_to_date_mark(node: SimNode) -> tuple[int, int]:
+            if self._blank(node):  # votes for nobody until it has heard from every voter
+                return (1 << 62, 1 << 62)
             return max(self._durable_last_id(node), node.durable.hard_state.vote_floor())
 
         for candidate in self.nodes.values():
             conf = self._durable_conf(candidate)
             last = self._durable_last_id(candidate)
-            if candidate is victim or candidate.node_id not in conf.voters:
+            if candidate is victim or candidate.node_id not in conf.voters or self._blank(candidate):
                 continue
             if last < candidate.durable.hard_state.vote_floor():
                 continue
@@ -496,7 +560,12 @@ class Simulation:
         return False
 
     def _recovering(self, node: SimNode) -> bool:
-        """Whether `node` was damaged and its durable log has not yet caught up to what it had."""
+        """Whether `node` was wiped and has not finished its blank-start recovery, or was
+        damaged or wiped and its durable log has not yet caught up to what it had."""
+        if node.node_id in self.wiped:
+            if node.core is None or node.core.recovering:
+                return True
+            self.wiped.discard(node.node_id)
         lost = self.damaged.get(node.node_id)
         if lost is None:
             return False
@@ -540,7 +609,9 @@ class Simulation:
         if conf.learners:
             choices.append(ConfChange(ConfChangeKind.ADD_VOTER, rng.choice(conf.learners)))
         recovering = any(self._recovering(n) for n in self.nodes.values())
-        if len(conf.voters) > len(self.voters) - 1 and not (recovering and len(conf.voters) <= 3):
+        if recovering and self.wipe_count:  # a wiped node asks the voters of its configuration file
+            choices = [c for c in choices if c.kind != ConfChangeKind.ADD_VOTER]
+        elif len(conf.voters) > len(self.voters) - 1 and not (recovering and len(conf.voters) <= 3):
             choices.append(ConfChange(ConfChangeKind.REMOVE, rng.choice(conf.voters)))
         if conf.learners:
             choices.append(ConfChange(ConfChangeKind.REMOVE, rng.choice(conf.learners)))
@@ -633,4 +704,5 @@ Simulation._handlers = {
     _NEMESIS: Simulation._on_nemesis,
     _CLIENT: Simulation._on_client,
     _DAMAGE: Simulation._on_damage,
+    _WIPE: Simulation._on_wipe,
 }
