@@ -561,11 +561,18 @@ class Simulation:
 
     def _recovering(self, node: SimNode) -> bool:
         """Whether `node` was wiped and has not finished its blank-start recovery, or was
-        damaged or wiped and its durable log has not yet caught up to what it had."""
+        damaged or wiped and its durable log has not yet caught up to what it had, or holds a
+        vote floor its log has not reached (a blank start's floor, learned from the others,
+        can stand for entries of a voter that is then removed: seed 13007574, 3 nodes)."""
         if node.node_id in self.wiped:
             if node.core is None or node.core.recovering:
                 return True
             self.wiped.discard(node.node_id)
+        core = node.core
+        if core is not None and (core.recovering or core.below_vote_floor()):
+            return True
+        if core is None and self._durable_last_id(node) < node.durable.hard_state.vote_floor():
+            return True
         lost = self.damaged.get(node.node_id)
         if lost is None:
             return False
