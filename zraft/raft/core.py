@@ -545,14 +545,19 @@ class RaftCore:
     def _finish_recovery_if_told(self) -> None:
         """Once every other voter answered: take the highest term they know, as if this node
         had voted in it (it may have, in any term up to that one, and must not vote in one of
-        those again: the vote is set to itself, which grants nobody else), and the highest
-        last log id as the vote floor (any entry it acknowledged that can have committed is
-        held by one of them, so a log at least that up-to-date holds it: rule a of the floor).
-        From then on it is an ordinary node with a vote floor."""
+        those again: the vote is set to itself, which grants nobody else), and as the vote
+        floor the (q-1)-th highest log id they gave, q a majority: an entry it acknowledged
+        that can have committed is on a majority with it, so on at least q-1 of them, whose
+        log ids are all at least that entry's; a log that reaches the floor holds it (rule a).
+        Not the highest: that one may stand for entries on a single voter that never
+        committed, and if that voter then leaves the configuration no one can reach it
+        (simulator seed 16000715, 5 nodes). From then on it is an ordinary node with a floor."""
         if not self.recovering or sum(1 for node in self._recovery if node in self.conf.voters) < self.recovery_needs():
             return
         term = max((t for t, _ in self._recovery.values()), default=0)
-        floor = max((last for _, last in self._recovery.values()), default=(0, 0))
+        lasts = sorted((last for node, (_, last) in self._recovery.items() if node in self.conf.voters), reverse=True)
+        majority = len(self.conf.voters) // 2 + 1
+        floor = lasts[majority - 2] if majority >= 2 and len(lasts) >= majority - 1 else (0, 0)
         self._recovery = {}
         if term > self.term:
             self._become_follower(term, NONE)

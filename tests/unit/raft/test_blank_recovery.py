@@ -100,3 +100,15 @@ def test_a_single_node_and_a_node_with_state_need_no_recovery() -> None:
     assert not blank(voters=(1,)).recovering
     assert not new_core(1, (1, 2, 3), entries=ents(1), recover_blank=True).recovering
     assert not new_core(1, (1, 2, 3)).recovering  # recover_blank is off by default
+
+
+def test_with_five_voters_the_floor_is_the_second_highest_answer() -> None:
+    """An entry that can have committed is on three of five voters, so on at least two of the
+    four others: the second highest log id they give is at least its. The highest may stand
+    for entries on one voter alone, which must not hold the others back."""
+    core = blank(voters=(1, 2, 3, 4, 5))
+    drain(core)
+    asked = {m.to: m for m in queries(core)}
+    for node, last in zip((2, 3, 4, 5), ((3, 10), (3, 40), (3, 20), (3, 30)), strict=True):
+        core.step(reply(asked[node], term=3, last=last))
+    assert not core.recovering and core.vote_floor == (3, 30)
