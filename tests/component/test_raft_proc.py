@@ -187,15 +187,18 @@ def test_sigterm_exits_zero(cluster):
 
 # == clusters of their own ====================================================================
 def test_busy_when_too_many_proposals_are_uncommitted(tmp_path):
-    # Two of three nodes; once the follower dies, nothing commits and proposals pile up.
+    # Once both followers die, nothing commits and proposals pile up. (All three start: a new
+    # cluster's blank nodes vote only once every voter has told them its state.)
     c = Cluster(tmp_path, 3, tick_ms=50, max_pending_proposals=5)
-    c.nodes[0].start()
-    c.nodes[1].start()
+    for node in c.nodes:
+        node.start()
     try:
         leader = wait_for("a leader", lambda: next(
-            (n for n in c.nodes[:2] if (n.status() or {}).get("role") == "leader"), None), 10)
+            (n for n in c.nodes if (n.status() or {}).get("role") == "leader"), None), 10)
         wait_committed(leader, 1)
-        next(n for n in c.nodes[:2] if n is not leader).kill()
+        for node in c.nodes:
+            if node is not leader:
+                node.kill()
         replies = [leader.call(Propose(0, b"x")) for _ in range(6)]
         assert all(isinstance(r, Proposed) for r in replies[:5]), replies
         assert isinstance(replies[5], Error) and replies[5].code == "busy", replies[5]
