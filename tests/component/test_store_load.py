@@ -145,3 +145,16 @@ def test_a_damaged_file_with_the_right_checksum_fails_quick_check(tmp_path: Path
     error = results[-1].results[0].get("error")
     assert isinstance(error, str) and error.startswith("invalid SQLite data")
     assert rows(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'loaded'") == [[0]]
+
+
+def test_scratch_files_a_crash_left_are_removed_at_start(tmp_path: Path) -> None:
+    from zraft.api.backup_files import clean_scratch
+
+    (tmp_path / "node.sqlite.load").write_bytes(b"half an assembled file")
+    Database(tmp_path / "node.sqlite").close()
+    assert not (tmp_path / "node.sqlite.load").exists()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    for name in ("load-12-ab.sqlite", "backup-x.sqlite", "keep.txt"):
+        (scratch / name).write_bytes(b"x")
+    assert clean_scratch(scratch) == 2 and [p.name for p in scratch.iterdir()] == ["keep.txt"]

@@ -32,6 +32,7 @@ import apsw
 
 from zraft.store.meta import META_TABLE
 
+LOAD_PREFIX = "load-"
 SCRATCH_PREFIX = "backup-"
 COPY_STEP_PAGES = 1024
 """Pages per online-backup step (4 MiB at the default page size): how often a copy looks at
@@ -57,10 +58,11 @@ class NoSpace(Exception):
 
 def clean_scratch(folder: Path) -> int:
     """Create `folder` if needed and remove any scratch file a previous run left (a crash,
-    kill -9); the number removed. Only files named `backup-*` are touched."""
+    kill -9); the number removed. Only files named `backup-*` and `load-*` (a load's spooled
+    body, zraft.api.loads) are touched."""
     folder.mkdir(parents=True, exist_ok=True)
     removed = 0
-    for path in folder.glob(f"{SCRATCH_PREFIX}*"):
+    for path in [*folder.glob(f"{SCRATCH_PREFIX}*"), *folder.glob(f"{LOAD_PREFIX}*")]:
         try:
             path.unlink()
             removed += 1

@@ -65,6 +65,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from zraft import __version__
 from zraft.api import backup, loads
+from zraft.api.backup_files import LOAD_PREFIX
 from zraft.api.backup_stream import BackupSpec, Backups
 from zraft.api.errors import (
     LEADER_NOT_FOUND,
@@ -519,7 +520,7 @@ class HttpApi:
         idle = max(params.timeout or 0.0, self.config.api.request_timeout_ms / 1000)
         scratch = scratch_dir(self.config)
         scratch.mkdir(parents=True, exist_ok=True)
-        path = scratch / f"load-{os.getpid()}-{id(request):x}.sqlite"
+        path = scratch / f"{LOAD_PREFIX}{os.getpid()}-{id(request):x}.sqlite"  # swept at start if left
         try:
             try:
                 spooled = await loads.spool(request.content, prefix, path, limit, idle)

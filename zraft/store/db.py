@@ -63,6 +63,7 @@ class Database:
 
     def __init__(self, path: str | os.PathLike[str], *, max_idle_readers: int = 4) -> None:
         self._path = os.fspath(path)
+        snapshot.remove(f"{self._path}.load")  # a bulk load's scratch file left by a crash
         self._write_lock = threading.Lock()
         self._pool_lock = threading.Lock()
         self._idle: list[Reader] = []
