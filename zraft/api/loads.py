@@ -136,7 +136,11 @@ async def through_log(spooled: Spooled, propose: ProposeFn, wait: WaitFn, timeou
         for task in waits:
             task.cancel()
     commit = encode_load_step(LoadCommit(load_id, chunks, spooled.size, spooled.crc))
-    index, term = await propose(commit, timeout)
+    try:
+        index, term = await propose(commit, timeout)
+    except ApiError as exc:  # the commit is not in the log: the staged chunks must go
+        await _abandon(load_id, propose, timeout)
+        raise Unavailable(f"load interrupted before its commit: {exc}; nothing was loaded") from None
     patience = timeout + spooled.size / COMMIT_BYTES_PER_S
     try:
         result = await wait(index, term, patience, options)
