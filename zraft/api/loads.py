@@ -138,7 +138,9 @@ async def through_log(spooled: Spooled, propose: ProposeFn, wait: WaitFn, timeou
     commit = encode_load_step(LoadCommit(load_id, chunks, spooled.size, spooled.crc))
     try:
         index, term = await propose(commit, timeout)
-    except ApiError as exc:  # the commit is not in the log: the staged chunks must go
+    except Timeout:  # it may have been appended: say so rather than drop what it would swap in
+        raise Timeout(f"the commit of load {load_id} was sent but not confirmed; it may still apply") from None
+    except ApiError as exc:  # refused, so not in the log: the staged chunks must go
         await _abandon(load_id, propose, timeout)
         raise Unavailable(f"load interrupted before its commit: {exc}; nothing was loaded") from None
     patience = timeout + spooled.size / COMMIT_BYTES_PER_S
