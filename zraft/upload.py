@@ -18,9 +18,9 @@ from pathlib import Path
 
 import orjson
 
+from zraft.api.backup import SQLITE_MAGIC, is_sqlite_file
 from zraft.download import CHUNK_BYTES, MAX_REDIRECTS, Progress, _connection, _reason
 
-SQLITE_MAGIC = b"SQLite format 3\x00"
 APPLY_BYTES_PER_S = 1 << 20
 """A pessimistic rate at which a cluster takes a load (measured: 15-20 MiB/s on 2 cores), for
 how long to wait for its answer: the node answers only once the whole load has applied."""
@@ -44,8 +44,9 @@ class Uploaded:
 
 
 def is_sqlite(path: Path) -> bool:
+    """The node's own test (rqlite's): the file's first bytes."""
     with open(path, "rb") as f:
-        return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+        return is_sqlite_file(f.read(len(SQLITE_MAGIC)))
 
 
 def upload(base_url: str, endpoint: str, path: Path, timeout: float, progress: Progress | None = None) -> Uploaded:

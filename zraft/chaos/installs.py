@@ -55,7 +55,8 @@ class InstallTarget(Protocol):
     def process_log(self, node: int, kind: str) -> Path: ...
 
 
-def _signal(pid: int, signum: int) -> None:
+def signal_quietly(pid: int, signum: int) -> None:
+    """Send `signum` to `pid`; a process that is already gone is not an error."""
     try:
         os.kill(pid, signum)
     except ProcessLookupError:
@@ -119,7 +120,7 @@ class InstallFaults:
         the stop waits in the socket's buffers and arrives on resume, contiguous.)"""
         pids = [pid for (node, _), pid in self.target.pids().items() if node == self.node]
         for pid in pids:
-            _signal(pid, signal.SIGSTOP)
+            signal_quietly(pid, signal.SIGSTOP)
         start, behind = time.monotonic(), False
         try:
             while time.monotonic() - start < BEHIND_TIMEOUT_S and not behind:
@@ -130,7 +131,7 @@ class InstallFaults:
                     behind = 0 < following <= self.target.raft_state(leader).get("last_snapshot_index", 0)
         finally:
             for pid in pids:
-                _signal(pid, signal.SIGCONT)
+                signal_quietly(pid, signal.SIGCONT)
         held = time.monotonic() - start
         return f"stopped {held:.1f} s, " + ("behind the leader's log start" if behind else "not behind it")
 
@@ -139,7 +140,7 @@ class InstallFaults:
         if fault == "install-power-loss":
             victims = pids
             for pid in victims.values():
-                _signal(pid, signal.SIGSTOP)
+                signal_quietly(pid, signal.SIGSTOP)
             self.target.cut_power(self.node)
             what = "power loss"
         else:
@@ -147,7 +148,7 @@ class InstallFaults:
             victims = {kind: pids[kind] for kind in kinds if kind in pids}
             what = "kill -9 " + ", ".join(victims)
         for pid in victims.values():
-            _signal(pid, signal.SIGKILL)
+            signal_quietly(pid, signal.SIGKILL)
         return (f"node {self.node} ({lag}): {what} with {size:,} bytes of its incoming image in",
                 {f"node{self.node}-{kind}": pid for kind, pid in victims.items()})
 

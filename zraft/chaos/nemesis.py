@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from zraft.chaos.disks import BitFlip, flip_synced_entry_bit, undo_flip
-from zraft.chaos.installs import InstallFaults
+from zraft.chaos.installs import InstallFaults, signal_quietly
 from zraft.cluster import process_state
 
 NETWORK_FAULTS = ("partition-halves", "partition-leader", "partition-bridge", "partition-asym", "loss")
@@ -212,13 +212,6 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 class Nemesis:
@@ -405,11 +398,11 @@ class Nemesis:
         chosen = nodes if self.rng.random() < 0.5 else [self.rng.choice(nodes)]
         victims = {f"node{node}-{kind}": pid for (node, kind), pid in pids.items() if node in chosen}
         for pid in victims.values():
-            _signal(pid, signal.SIGSTOP)
+            signal_quietly(pid, signal.SIGSTOP)
         for node in chosen:
             self.target.cut_power(node)
         for pid in victims.values():
-            _signal(pid, signal.SIGKILL)  # a stopped process dies at once too
+            signal_quietly(pid, signal.SIGKILL)  # a stopped process dies at once too
         injection.pids = victims
         return f"power loss on node(s) {chosen}"
 
@@ -432,10 +425,10 @@ class Nemesis:
         self._flip_log_from = log.stat().st_size if log.exists() else 0
         pid = pids.get((node, "raft"))
         if pid:
-            _signal(pid, signal.SIGSTOP)
+            signal_quietly(pid, signal.SIGSTOP)
         self._flip = flip_synced_entry_bit(self.target.log_dir(node), self.rng)
         if pid:
-            _signal(pid, signal.SIGKILL)
+            signal_quietly(pid, signal.SIGKILL)
             injection.pids = {f"node{node}-raft": pid}
         return f"node {node}: {self._flip.describe()}" if self._flip else f"node {node}: no synced entry to damage"
 

@@ -121,7 +121,7 @@ FLAG_DROP_WAL = 1
 _KNOWN_FLAGS = FLAG_DROP_WAL
 
 _WAL_HEADER_SIZE = 32
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_MAGIC = b"SQLite format 3\x00"
 _BUSY_TIMEOUT_MS = 5_000
 _CRC_BLOCK = 1 << 20
 """Bytes read at a time when the received image's checksum is computed from disk."""
@@ -568,7 +568,7 @@ class Receiver:
         assert self._db_fd is not None and self._wal_fd is not None
         first = _pread_exact(self._db_fd, 0, 100)
         stored_page = int.from_bytes(first[16:18], "big")
-        if first[:16] != _SQLITE_MAGIC or (stored_page if stored_page != 1 else 65536) != header.page_size:
+        if first[:16] != SQLITE_MAGIC or (stored_page if stored_page != 1 else 65536) != header.page_size:
             raise ImageError("image does not hold an SQLite database with the page size its header gives")
         self._close_fds()
         wal = self._db_path + "-wal"

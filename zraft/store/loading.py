@@ -35,12 +35,12 @@ from collections.abc import Callable
 import apsw
 
 from zraft.store.command import LoadAbort, LoadChunk, LoadCommit
+from zraft.store.image import SQLITE_MAGIC
 from zraft.store.snapshot import remove
 
 STAGING_TABLE = "_zraft_load"
 _DDL = f"CREATE TABLE IF NOT EXISTS {STAGING_TABLE}(load TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL, " \
        "PRIMARY KEY(load, seq))"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 NODE_ERRORS = (apsw.FullError, apsw.IOError, apsw.CantOpenError, apsw.NoMemError, apsw.BusyError, OSError)
 """Failures that depend on this node, not on the log: raised, never answered."""
 

@@ -57,18 +57,14 @@ def prepare_restore(source_path: str, work_path: str, page_size: int, applied_in
     work = apsw.Connection(work_path)
     try:
         copy_pages(work, source)
-        work.execute("PRAGMA journal_mode=DELETE")
-        if page_of(work) != page_size:
-            work.execute(f"PRAGMA page_size={int(page_size)}; VACUUM")
-        state = MetaState(applied_index) if applied_index is not None else meta.read(work) or MetaState()
-        meta.replace(work, state)
     finally:
         source.close()
         work.close()
+    prepare_in_place(work_path, page_size, applied_index)
 
 
 def prepare_in_place(path: str, page_size: int, applied_index: int | None) -> None:
-    """prepare_restore without the copy, for a scratch file nobody else uses (a bulk load's
+    """prepare_restore's work on a scratch file nobody else uses (its copy, or a bulk load's
     assembled file): rollback-journal mode, our page size, our meta table."""
     work = apsw.Connection(path)
     try:
