@@ -148,7 +148,8 @@ class RaftProcess:
                                                        NOTICE_INTERVAL_S, stats), stats)
         self.snapshots = Snapshots(Compactor(config.raft, stats),
                                    ImageTransfer(ctx, config.id, config.store_rpc, config.raft.max_msg_bytes,
-                                                 self.peers.links.send, stats))
+                                                 self.peers.links.send, stats,
+                                                 window_bytes=config.raft.max_inflight_bytes))
         self._poller = zmq.Poller()
         self._poller.register(self.peers.inbox, zmq.POLLIN)
         self._poller.register(self.rpc.sock, zmq.POLLIN)

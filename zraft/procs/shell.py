@@ -26,6 +26,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from enum import IntEnum
@@ -222,22 +224,38 @@ def profiled(serve: Callable[[], None], node_id: int, name: str) -> None:
         profile.dump_stats(os.path.join(folder, f"{name}-{node_id}-{os.getpid()}.prof"))
 
 
-MMAP_THRESHOLD_BYTES = 128 << 10
+MMAP_THRESHOLD_BYTES = 4 << 20
+TRIM_INTERVAL_S = 1.0
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
-def bound_heap() -> bool:
-    """Fix glibc's mmap threshold at its initial 128 KiB, so that every large buffer (a bulk
-    load's 1 MiB entries, a fetch reply of megabytes) is its own mapping, returned to the
-    system when freed. Left to itself glibc raises the threshold after the first such free,
-    and the buffers then come from the heap, which fragments: after a 1 GB load, followers'
-    raft processes kept 345-365 MB resident for 50 MB of live entries; with the threshold
-    fixed, 58-86 MB. Whether it took (False off glibc)."""
+def bound_heap(trim_interval_s: float = TRIM_INTERVAL_S) -> bool:
+    """Keep a process's resident memory near what it uses, without paying for it per buffer.
+
+    Left to itself glibc raises its mmap threshold after the first large free, so large
+    buffers come from the heap, which fragments: after a 1 GB load, followers' raft processes
+    kept 345-365 MB resident for 50 MB of live entries. Fixing the threshold at 128 KiB fixed
+    that (58-86 MB) but made every buffer of a megabyte (each image chunk, each load entry) a
+    fresh mapping whose pages fault in zeroed: 1 GB through one zmq hop cost 2.1 s of CPU
+    instead of 1.0 s, and a raft process relaying an image was CPU-bound. So the threshold is
+    fixed at 4 MiB instead (buffers below it are reused from the heap; a fixed value also stops
+    glibc raising it), and a daemon thread returns the heap's free pages to the system every
+    `trim_interval_s` (malloc_trim, which also releases free pages inside the heap, not only
+    at its top). Whether it took (False off glibc)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        if not libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
+            return False
+        trim = libc.malloc_trim
     except (OSError, AttributeError):
         return False
+
+    def trim_forever() -> None:
+        while True:
+            time.sleep(trim_interval_s)
+            trim(0)
+    threading.Thread(target=trim_forever, name="malloc-trim", daemon=True).start()
+    return True
 
 
 def setup_logging(name: str, node_id: int) -> None:

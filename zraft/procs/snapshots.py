@@ -10,7 +10,10 @@ between nodes (zraft/procs/DESIGN.md, "Snapshots and compaction").
   SnapshotPull to its own store (ExportRead) and the answer back (SnapshotChunk). As the
   *receiver* it holds a SNAP message from the leader, which the core must not see before the
   store has the data, pulls the image chunk by chunk, hands each chunk to its store
-  (ImageWrite), and releases the SNAP once the store has installed an image at or past it.
+  (ImageWrite) as it arrives, and releases the SNAP once the store has installed an image at
+  or past it. Several pulls are in flight at once (at most `raft.max_inflight_bytes` of
+  bytes the store has not taken): one pull at a time spent most of a transfer waiting on the
+  four process hops of each round trip (a 1 GB image: 7.8 s in 1 MiB round trips).
 
 Both are owned by the raft process's loop thread; neither calls back into the process: the
 core, the log store and the peer links are handed in.
@@ -20,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zmq
 
@@ -124,15 +128,29 @@ class Compactor:
 
 @dataclass(slots=True)
 class _Pull:
-    """The receiver's one transfer: from `leader`, of an image that must reach `index`."""
+    """The receiver's one transfer: from `leader`, of an image that must reach `index`.
+
+    Bytes move through three offsets: `requested` (pulls sent up to here), `forwarded` (chunks
+    handed to the store, in order, up to here) and `acked` (what the store says it holds).
+    Pulls are sent while `requested - acked` stays within the window, so at most a window of
+    image bytes is on its way or queued at the store at once."""
 
     leader: int
     session: int
     index: int
-    offset: int = 0
     size: int = 0
-    sent_at: float = 0.0
-    writing: bool = False
+    """The image's size, once a chunk has told it (0: only the first pull is sent)."""
+    requested: int = 0
+    forwarded: int = 0
+    acked: int = 0
+    first_id: int = 0
+    """Pulls with a lower id were sent before the window last restarted: their chunks are used
+    if they are the next bytes, and otherwise dropped without restarting it again."""
+    stride: int = 0
+    """Bytes asked for per pull: the configured chunk, or less if the sender serves less."""
+    writes: deque[tuple[int, int]] = field(default_factory=deque)
+    """ImageWrites the store has not answered: (request id, the offset the chunk ends at)."""
+    progress_at: float = 0.0
 
 
 class ImageTransfer:
@@ -140,18 +158,18 @@ class ImageTransfer:
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], my_id: int, store_rpc: str, chunk_bytes: int,
                  send_peer: Callable[[SnapshotPull | SnapshotChunk], bool], stats: Counters,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, window_bytes: int = 0) -> None:
         self.sock = rpc_dealer(ctx, store_rpc)
         self._my_id = my_id
         self._chunk = chunk_bytes
+        self._window = max(window_bytes, chunk_bytes)
         self._send_peer = send_peer
         self._stats = stats
         self._rng = rng or random.Random()
         self._ids = 0
-        self._relayed: dict[int, tuple[int, int, float]] = {}  # request id -> (follower, session, sent at)
+        self._relayed: dict[int, tuple[int, int, int, float]] = {}  # id -> (follower, session, pull id, sent at)
         self._pull: _Pull | None = None
         self._pending: Message | None = None
-        self._written_id = 0
         self.store_applied = 0
         """The store's applied index, from its latest fetch (start - 1)."""
 
@@ -186,28 +204,51 @@ class ImageTransfer:
             self._start(leader, log_start, now)
 
     def on_chunk(self, chunk: SnapshotChunk, now: float) -> None:
+        """Hand the next bytes to the store as soon as they arrive; a chunk past them means one
+        was lost on the way: ask again from the first missing byte."""
         pull = self._pull
-        if pull is None or chunk.frm != pull.leader or chunk.session != pull.session or pull.writing:
+        if pull is None or chunk.frm != pull.leader or chunk.session != pull.session:
             self._stats["snapshot_stray_chunks"] += 1
             return
+        current = chunk.id >= pull.first_id
         if chunk.size == 0:  # the sender cannot serve this session: start again
-            self._start(pull.leader, pull.index, now)
+            if current:
+                self._start(pull.leader, pull.index, now)
             return
-        if chunk.offset != pull.offset or chunk.offset + len(chunk.data) > chunk.size:
+        if chunk.offset + len(chunk.data) > chunk.size or (pull.size and chunk.size != pull.size):
             self._stats["snapshot_stray_chunks"] += 1
+            return
+        if chunk.offset != pull.forwarded or not chunk.data and chunk.offset < chunk.size:
+            if chunk.offset > pull.forwarded and current:
+                self._stats["snapshot_chunk_gaps"] += 1
+                self._restart_window(pull, pull.forwarded, now)
             return
         pull.size = chunk.size
         self._ids += 1
-        self._written_id = self._ids
-        if send_nowait(self.sock, encode(ImageWrite(self._ids, pull.session, chunk.offset, chunk.size, chunk.data))):
-            pull.writing, pull.sent_at = True, now
-            self._stats["snapshot_bytes_received"] += len(chunk.data)
+        if not send_nowait(self.sock, encode(ImageWrite(self._ids, pull.session, chunk.offset, chunk.size,
+                                                        chunk.data))):
+            self._restart_window(pull, pull.forwarded, now)
+            return
+        pull.forwarded += len(chunk.data)
+        pull.writes.append((self._ids, pull.forwarded))
+        pull.progress_at = now
+        self._stats["snapshot_bytes_received"] += len(chunk.data)
+        if len(chunk.data) < pull.stride and pull.forwarded < pull.size:  # the sender serves smaller chunks
+            pull.stride = len(chunk.data)
+            self._restart_window(pull, pull.forwarded, now, keep_writes=True)
+        else:
+            self._fill(pull, now)
 
     def _on_written(self, reply: ImageWritten, now: float) -> Message | None:
         pull = self._pull
-        if pull is None or reply.id != self._written_id or reply.session != pull.session:
+        if pull is None or reply.session != pull.session:
             return None
-        pull.writing = False
+        while pull.writes and pull.writes[0][0] < reply.id:
+            pull.writes.popleft()  # their replies were lost: this later one says where the store is
+        if not pull.writes or pull.writes[0][0] != reply.id:
+            return None  # a write from before the window restarted
+        _, end = pull.writes.popleft()
+        pull.progress_at = now
         if reply.installed:
             self.store_applied = max(self.store_applied, reply.installed)
             self._pull = None
@@ -216,24 +257,46 @@ class ImageTransfer:
             if pending is not None and pending.snapshot is not None and pending.snapshot.index <= reply.installed:
                 return pending
             return None
-        if (reply.received == 0 and pull.offset > 0) or reply.received >= pull.size > 0:
+        if (reply.received == 0 and end > 0) or reply.received >= pull.size > 0:
             self._start(pull.leader, pull.index, now)  # the store dropped it, or refused the image
             return None
-        pull.offset = reply.received
-        self._send_pull(pull, now)
+        pull.acked = reply.received
+        if reply.received != end:  # the store kept less than it was sent: go on from what it has
+            self._restart_window(pull, reply.received, now)
+        else:
+            self._fill(pull, now)
         return None
 
     def _start(self, leader: int, index: int, now: float) -> None:
-        self._pull = _Pull(leader, self._rng.getrandbits(62) | 1, index)
+        self._pull = _Pull(leader, self._rng.getrandbits(62) | 1, index, stride=self._chunk, progress_at=now)
         self._stats["snapshot_pulls_started"] += 1
         log.info("pulling a snapshot image from node %d (its log starts after %d)", leader, index)
-        self._send_pull(self._pull, now)
+        self._restart_window(self._pull, 0, now)
 
-    def _send_pull(self, pull: _Pull, now: float) -> None:
-        pull.sent_at = now
-        self._ids += 1
-        self._send_peer(SnapshotPull(self._ids, self._my_id, pull.leader, pull.session, pull.index,
-                                     pull.offset, self._chunk))
+    def _restart_window(self, pull: _Pull, offset: int, now: float, keep_writes: bool = False) -> None:
+        """Forget the pulls in flight and pull again from `offset` (chunks of earlier pulls that
+        still arrive in order are used). Writes the store has not answered are forgotten too,
+        unless `keep_writes`: then their replies still count."""
+        pull.requested = pull.forwarded = offset
+        if not keep_writes:
+            pull.acked = offset
+            pull.writes.clear()
+        pull.first_id = self._ids + 1
+        pull.progress_at = now
+        self._fill(pull, now)
+
+    def _fill(self, pull: _Pull, now: float) -> None:
+        """Send pulls while the window has room; only one until the image's size is known."""
+        pull.requested = max(pull.requested, pull.forwarded)
+        while pull.requested - pull.acked < self._window:
+            if pull.size == 0 and pull.requested > pull.forwarded:
+                return
+            if 0 < pull.size <= pull.requested:
+                return
+            self._ids += 1
+            self._send_peer(SnapshotPull(self._ids, self._my_id, pull.leader, pull.session, pull.index,
+                                         pull.requested, pull.stride))
+            pull.requested += pull.stride
 
     # == sender ================================================================================
     def serve(self, pull: SnapshotPull, now: float) -> None:
@@ -244,15 +307,15 @@ class ImageTransfer:
         self._ids += 1
         request = ExportRead(self._ids, pull.session, pull.offset, min(pull.max_bytes, self._chunk))
         if send_nowait(self.sock, encode(request)):
-            self._relayed[self._ids] = (pull.frm, pull.session, now)
+            self._relayed[self._ids] = (pull.frm, pull.session, pull.id, now)
 
     def _on_export(self, reply: ExportChunk) -> None:
         relayed = self._relayed.pop(reply.id, None)
         if relayed is None:
             return
-        follower, session, _ = relayed
+        follower, session, pull_id, _ = relayed
         self._stats["snapshot_bytes_sent"] += len(reply.data)
-        self._send_peer(SnapshotChunk(reply.id, self._my_id, follower, session, reply.offset, reply.size,
+        self._send_peer(SnapshotChunk(pull_id, self._my_id, follower, session, reply.offset, reply.size,
                                       reply.applied, reply.data))
 
     # == both ==================================================================================
@@ -276,18 +339,18 @@ class ImageTransfer:
 
     def tick(self, now: float) -> None:
         """Resend a pull that went unanswered; drop relays and transfers that stalled."""
-        for request, (_, _, sent_at) in list(self._relayed.items()):
+        for request, (_, _, _, sent_at) in list(self._relayed.items()):
             if now - sent_at > RELAY_TIMEOUT_S:
                 del self._relayed[request]
         pull = self._pull
-        if pull is None:
+        if pull is None or now - pull.progress_at <= PULL_TIMEOUT_S:
             return
-        if pull.writing and now - pull.sent_at > STORE_TIMEOUT_S:
+        if pull.writes and now - pull.progress_at > STORE_TIMEOUT_S:
             log.warning("the store did not take a snapshot chunk in %.0f s; the transfer ends", STORE_TIMEOUT_S)
             self._pull = None
-        elif not pull.writing and now - pull.sent_at > PULL_TIMEOUT_S:
+        elif not pull.writes:
             self._stats["snapshot_pull_retries"] += 1
-            self._send_pull(pull, now)
+            self._restart_window(pull, pull.forwarded, now)
 
 
 @dataclass(slots=True)

@@ -340,9 +340,14 @@ def redial(sock: zmq.Socket[bytes], address: str) -> None:
 
 def send_nowait(sock: zmq.Socket[bytes], frames: Frames) -> bool:
     """Send without blocking; False when the message was dropped (HWM reached, no completed
-    connection under IMMEDIATE, or an unroutable ROUTER_MANDATORY destination)."""
+    connection under IMMEDIATE, or an unroutable ROUTER_MANDATORY destination).
+
+    copy=False: frames of 64 KiB and more (pyzmq's COPY_THRESHOLD) are handed to libzmq
+    without a copy (our frames are immutable bytes); smaller ones are copied all the same,
+    which is cheaper for them. An image relayed through a raft process: 1 GB cost about a
+    third less CPU per hop."""
     try:
-        sock.send_multipart(frames, zmq.NOBLOCK)
+        sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
     except zmq.Again:
         return False
     except zmq.ZMQError as exc:

@@ -354,9 +354,10 @@ class FetchEntries(WireMessage):
 @dataclass(slots=True)
 class SnapshotPull(WireMessage):
     """Peer link, follower to leader: send bytes [offset, offset + max_bytes) of the database
-    image of transfer `session` (zraft.store.image). The follower pulls one chunk at a time, so
-    the pull is the flow control, and a resume is a pull from where it stopped. `index` is the
-    log index the image must reach (the SNAP message that asked for it)."""
+    image of transfer `session` (zraft.store.image). The follower keeps at most a window of
+    pulls unanswered by its store (`raft.max_inflight_bytes`), so the pulls are the flow
+    control, and a resume is a pull from where it stopped. `index` is the log index the image
+    must reach (the SNAP message that asked for it). The chunk that answers carries this id."""
 
     KIND: ClassVar[str] = "snap_pull"
     id: int
@@ -371,8 +372,9 @@ class SnapshotPull(WireMessage):
 @dataclass(slots=True)
 class SnapshotChunk(WireMessage):
     """Peer link, leader to follower: bytes of an image from `offset`; `size` is the whole
-    image's, `applied` the index it holds. Empty `data` with `size` 0: the leader cannot
-    serve this session (it restarted, or the image was dropped): pull again from 0."""
+    image's, `applied` the index it holds; `id` is the pull's it answers. Empty `data` with
+    `size` 0: the leader cannot serve this session (it restarted, or the image was dropped):
+    pull again from 0."""
 
     KIND: ClassVar[str] = "snap_chunk"
     id: int
