@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -59,10 +60,10 @@ class EntryApplier:
         self.durable = 0
         """The applied index at the last sync(): what the database holds after a power loss,
         at least. The raft process compacts its log only below it."""
+        self._stats = stats
         self.sync(float("-inf"))  # what a kill -9 left in the page cache is not yet on disk
         self._results: OrderedDict[int, tuple[int, ApplyResult]] = OrderedDict()
         self._results_kept = results_kept
-        self._stats = stats
         self.disk_full = ""
         """Why entries cannot be applied now ("disk full: ..."); empty when fine."""
         self._retry_at = float("-inf")
@@ -95,7 +96,12 @@ class EntryApplier:
         when fewer came: few fsyncs under load, and an idle node's log can still be compacted."""
         behind = self.applied - self.durable
         if self._sync_every and behind > 0 and (behind >= self._sync_every or now - self._synced_at >= SYNC_IDLE_S):
+            started = time.perf_counter()
             self.sync(now)
+            # what a snapshot costs the write path (the sync holds the write lock): the stall
+            # figure of zraft/store/DESIGN.md
+            took_us = int((time.perf_counter() - started) * 1e6)
+            self._stats["sync_max_us"] = max(self._stats["sync_max_us"], took_us)
 
     def waiting_for_disk(self, now: float) -> bool:
         """A failed batch is not to be tried again yet."""
