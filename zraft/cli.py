@@ -155,6 +155,38 @@ def cluster_status(directory: str, as_json: bool) -> None:
         click.echo(f"node {node.id}: http://{node.http} {'leader' if node.leader else 'follower'} {pids}")
 
 
+@cluster.command("transfer")
+@_DIR
+@click.option("--node", "node_id", type=click.IntRange(min=1), default=None,
+              help="The node to hand leadership to (default: the most up-to-date voter).")
+def cluster_transfer(directory: str, node_id: int | None) -> None:
+    """Move leadership to another node (rqlite's POST /leader), and wait until it leads."""
+    _cluster_change(directory, "POST", "/leader?wait", None if node_id is None else {"id": str(node_id)},
+                    "leadership moved" + (f" to node {node_id}" if node_id else ""))
+
+
+@cluster.command("remove")
+@_DIR
+@click.option("--node", "node_id", type=click.IntRange(min=1), required=True, help="The node to remove.")
+def cluster_remove(directory: str, node_id: int) -> None:
+    """Take a node out of the cluster (rqlite's DELETE /remove); its processes keep running
+    until they are stopped."""
+    _cluster_change(directory, "DELETE", "/remove", {"id": str(node_id)}, f"node {node_id} removed")
+
+
+def _cluster_change(directory: str, method: str, path: str, body: dict[str, str] | None, done: str) -> None:
+    from pathlib import Path
+
+    from zraft.cluster import ClusterError, change
+
+    try:
+        via = change(Path(directory), method, path, body)
+    except ClusterError as exc:
+        click.echo(f"zraft cluster: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{done} (through {via})")
+
+
 @cluster.command("down")
 @_DIR
 def cluster_down(directory: str) -> None:

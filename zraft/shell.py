@@ -42,10 +42,12 @@ HELP = """\
 .nodes [all]                                  Show connection status of cluster nodes
 .quit                                         Exit this program
 .ready                                        Show ready status for the node
+.remove NODEID                                Remove a node from the cluster
 .restore FILE                                 Load a SQLite file or a SQL dump, replacing the database
 .schema                                       Show CREATE statements for all tables
 .snapshot [TRAILING]                          Compact the node's Raft log now, keeping TRAILING entries
 .status                                       Show status and diagnostic information for the node
+.stepdown [NODEID]                            Instruct the leader to step down, optionally naming the new leader
 .tables                                       List names of tables
 .timer [on|off]                               Turn query timings on or off
 Any other line is sent to the node as one SQL statement."""
@@ -293,7 +295,8 @@ class Shell:
             ".status": self.cmd_status, ".expvar": self.cmd_expvar, ".ready": self.cmd_ready,
             ".timer": self.cmd_timer, ".consistency": self.cmd_consistency,
             ".leader": self.cmd_leader, ".backup": self.cmd_backup, ".snapshot": self.cmd_snapshot,
-            ".restore": self.cmd_restore, ".boot": self.cmd_boot,
+            ".restore": self.cmd_restore, ".boot": self.cmd_boot, ".remove": self.cmd_remove,
+            ".stepdown": self.cmd_stepdown,
         }.get(name)
         if handler is None:
             self.error(f'unknown command "{name}", enter ".help" for usage hints')
@@ -411,6 +414,24 @@ class Shell:
         if isinstance(doc, dict) and isinstance(doc.get("nodes"), list):
             doc = {str(n.get("id", i)): n for i, n in enumerate(doc["nodes"]) if isinstance(n, dict)}
         self._print_tree(doc)
+
+    def cmd_remove(self, args: list[str]) -> None:
+        """rqlite's `.remove NODEID`: DELETE /remove."""
+        if len(args) != 1:
+            raise ShellError("usage: .remove NODEID")
+        response = self.client.request("DELETE", "/remove", body={"id": args[0]})
+        if response.status != 200:
+            raise ShellError(response.failure())
+        self.say(f"node {args[0]} removed")
+
+    def cmd_stepdown(self, args: list[str]) -> None:
+        """rqlite's `.stepdown [NODEID]`: POST /leader?wait, naming the new leader if given."""
+        if len(args) > 1:
+            raise ShellError("usage: .stepdown [NODEID]")
+        response = self.client.request("POST", "/leader", [("wait", "")], body={"id": args[0]} if args else None)
+        if response.status != 200:
+            raise ShellError(response.failure())
+        self.say("leader stepped down" + (f": node {args[0]} leads now" if args else ""))
 
     def cmd_snapshot(self, args: list[str]) -> None:
         """rqlite's `.snapshot [TRAILING]`: POST /snapshot on this node."""

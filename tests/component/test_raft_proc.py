@@ -152,7 +152,9 @@ def test_membership_and_transfer_requests_are_answered(cluster):
     err = leader.call(ConfChangeRequest(0, "add_voter", 9))
     assert isinstance(err, Error) and err.code == "bad_request"  # no address for node 9
     err = leader.call(ConfChangeRequest(0, "add_voter", leader.id))
-    assert isinstance(err, Error) and err.code == "rejected"  # already a voter
+    assert isinstance(err, Error) and err.code == "bad_request" and "already a voter" in err.message
+    err = leader.call(ConfChangeRequest(0, "remove", 9))
+    assert isinstance(err, Error) and err.code == "bad_request" and "not a member" in err.message
     ok = leader.call(TransferLeader(0, follower.id))
     assert isinstance(ok, Ok), ok
     new = cluster.leader(exclude=leader.id)

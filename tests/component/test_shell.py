@@ -53,6 +53,9 @@ class FakeRqlite(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._handle("POST")
 
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
     def _handle(self, method: str) -> None:
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
@@ -110,6 +113,10 @@ class FakeRqlite(BaseHTTPRequestHandler):
             if self.server.ready:
                 return self._reply(200, text="[+]node ok\n[+]leader ok\n[+]store ok\n")
             return self._reply(503, text="[+]node ok\n[+]leader does not exist\n")
+        if url.path == "/remove" and method == "DELETE":
+            return self._reply(200) if body == {"id": "2"} else self._reply(400, text="invalid node id")
+        if url.path == "/leader" and method == "POST":
+            return self._reply(200)
         if url.path == "/snapshot" and method == "POST":
             return self._reply(204 if query.get("trailing_logs") == ["5"] else 200)
         if url.path == "/debug/vars" and self.server.has_expvar:
@@ -247,6 +254,16 @@ def test_snapshot_posts_to_the_node(fake: Any) -> None:
                                           "ERR! usage: .snapshot [TRAILING]"]
     posts = [c for c in fake.calls if c[1] == "/snapshot"]
     assert [(c[0], c[2]) for c in posts] == [("POST", {}), ("POST", {"trailing_logs": ["5"]})]
+
+
+def test_remove_and_stepdown_as_in_rqlites_shell(fake: Any) -> None:
+    result = shell(fake, ".remove 2\n.remove x\n.remove\n.stepdown\n.stepdown 3\n")
+    assert result.stdout.splitlines() == [
+        "node 2 removed", "ERR! server responded with 400 Bad Request: invalid node id", "ERR! usage: .remove NODEID",
+        "leader stepped down", "leader stepped down: node 3 leads now"]
+    calls = [(c[0], c[1], c[2], c[3]) for c in fake.calls if c[1] in ("/remove", "/leader")]
+    assert calls == [("DELETE", "/remove", {}, {"id": "2"}), ("DELETE", "/remove", {}, {"id": "x"}),
+                     ("POST", "/leader", {"wait": [""]}, None), ("POST", "/leader", {"wait": [""]}, {"id": "3"})]
 
 
 def test_missing_endpoints_and_not_ready(fake: Any) -> None:

@@ -10,14 +10,16 @@ Every failure a request can meet is one of these; `code` is the `ErrorCode` carr
     +-- NotLeader               (NOT_LEADER)           -> forwarded / 301 / 503 "leader not found"
     +-- Unavailable             (UNAVAILABLE)          -> 503 text
     |   +-- Busy                (BUSY)                 -> 503 text
+    |   +-- NotSent             (UNAVAILABLE)          -> 503 text (a forward: NotLeader, asked again)
     +-- Timeout                 (TIMEOUT)              -> 200 JSON error (as rqlite)
     +-- LeadershipLost          (LEADERSHIP_LOST)      -> 200 JSON error (as rqlite)
     +-- DiskFull                (DISK_FULL)            -> 503 JSON error
     +-- NotApplied              (NOT_APPLIED)          -> 200 JSON error
     +-- ResultUnavailable       (RESULT_UNAVAILABLE)   -> 200 JSON error
 
-REJECTED and COMPACTED have no class: they answer ConfChangeRequest and FetchEntries, which
-the api never sends, so should one arrive it reads as a plain ApiError (INTERNAL).
+COMPACTED has no class: it answers FetchEntries, which the api never sends. REJECTED is no
+longer sent (a membership change that must wait is BUSY); it is kept so that an older peer's
+answer still decodes. Should either arrive it reads as a plain ApiError (INTERNAL).
 
 SQL errors are never exceptions: they are per-statement results.
 """
@@ -63,6 +65,11 @@ class Unavailable(ApiError):
 
 class Busy(Unavailable):
     code = ErrorCode.BUSY
+
+
+class NotSent(Unavailable):
+    """The request never left this process: no connection to the far end took it in time.
+    Nothing can have happened there, so it is safe to send again, elsewhere too."""
 
 
 class Timeout(ApiError):

@@ -31,7 +31,9 @@ Rules of this module:
   validated and not used: a forward already waits the request's whole `timeout` while
   ZeroMQ reconnects, and is retried only where nothing can have been appended (not-leader
   answers); resending a write whose outcome is unknown, as rqlite's retries do, could apply
-  it twice; `nonvoters` changes nothing on /nodes since every configured node is a voter;
+  it twice;
+- /nodes, DELETE /remove and POST /leader are zraft.api.membership: /nodes lists the Raft
+  configuration's members (`nonvoters` adds the learners), a change goes to the leader;
 - connections are bounded (zraft.api.connections.GuardedServer): a header timeout, an idle timeout, and a cap on
   open connections at which a new one closes the idlest, so that no number of silent or
   idle sockets can use up the process's descriptors or lock a new client out;
@@ -78,6 +80,7 @@ from zraft.api.errors import (
 )
 from zraft.api.connections import Handler
 from zraft.api.params import Params, format_duration, parse_params
+from zraft.api.membership import Membership, request_for
 from zraft.api.service import Outcome, Request, Service
 from zraft.api.queue import WriteQueue
 from zraft.api.statements import disallowed_pragma, parse_body
@@ -147,9 +150,10 @@ class BrokenBody(ApiError):
 class HttpApi:
     """The request handler (`dispatch`, for aiohttp's low-level server); one per process."""
 
-    def __init__(self, service: Service, config: NodeConfig) -> None:
+    def __init__(self, service: Service, config: NodeConfig, membership: Membership) -> None:
         self.service = service
         self.config = config
+        self.membership = membership
         self.queue = WriteQueue(self._flush_queue, capacity=config.api.max_queued_statements)
         self.backups = Backups(str(config.db_path), scratch_dir(config), config.api.max_concurrent_backups,
                                write_timeout_s=config.api.idle_timeout_ms / 1000)
@@ -163,7 +167,8 @@ class HttpApi:
             "/status": (frozenset({"GET", "HEAD"}), self.status),
             "/nodes": (frozenset({"GET", "HEAD"}), self.nodes),
             "/readyz": (frozenset({"GET", "HEAD"}), self.readyz),
-            "/leader": (frozenset({"GET", "HEAD"}), self.leader),
+            "/leader": (frozenset({"GET", "HEAD", "POST"}), self.leader),
+            "/remove": (frozenset({"DELETE"}), self.remove),
             "/db/backup": (frozenset({"GET"}), self.backup),
             "/db/sql": (frozenset({"GET", "POST"}), self.sql),
             "/db/request": (frozenset({"POST"}), self.unified),
@@ -566,18 +571,45 @@ class HttpApi:
 
     async def nodes(self, request: web.BaseRequest) -> web.StreamResponse:
         params = self._params(request)
-        nodes = await self.service.nodes(params.timeout or DEFAULT_NODES_TIMEOUT_S)
+        nodes = await self.membership.nodes(params.timeout or DEFAULT_NODES_TIMEOUT_S, "nonvoters" in request.query)
         if request.query.get("ver") == "2":
             return json_response({"nodes": sorted(nodes, key=lambda n: int(n["id"]))}, params)
         return json_response({n["id"]: n for n in nodes}, params)
 
     async def leader(self, request: web.BaseRequest) -> web.StreamResponse:
+        """GET: the leader's node object. POST: rqlite's leadership transfer, to the node of
+        an optional `{"id": ...}` body (read only when the Content-Type is JSON) or to the
+        most up-to-date voter; `wait` answers once another node leads."""
         params = self._params(request)
-        nodes = await self.service.nodes(params.timeout or DEFAULT_NODES_TIMEOUT_S)
+        if request.method == "POST":
+            self._check_length(request)
+            body = await self._read_body(request, params)
+            target = 0
+            if body.strip() and request.content_type == "application/json":
+                target = _node_id_body(body, required=False)
+            with self.service.admit():
+                await self.membership.transfer(target, "wait" in request.query,
+                                               request_for(self._deadline_s(params), redirect=params.redirect))
+            return web.Response(status=200)
+        nodes = await self.membership.nodes(params.timeout or DEFAULT_NODES_TIMEOUT_S, nonvoters=True)
         leader = next((n for n in nodes if n["leader"]), None)
         if leader is None:
             return text_response(503, LEADER_NOT_FOUND)
         return json_response(leader, params)
+
+    async def remove(self, request: web.BaseRequest) -> web.StreamResponse:
+        """rqlite's DELETE /remove with a `{"id": ...}` body: take that node out of the
+        cluster (answered once the change is committed); a node that is not a member is a
+        success that changes nothing, as in rqlite."""
+        params = self._params(request)
+        self._check_length(request)
+        node_id = _node_id_body(await self._read_body(request, params), required=True)
+        with self.service.admit():
+            await self.membership.remove(node_id, request_for(self._deadline_s(params), redirect=params.redirect))
+        return web.Response(status=200)
+
+    def _deadline_s(self, params: Params) -> float:
+        return params.timeout if params.timeout and params.timeout > 0 else self.config.api.request_timeout_ms / 1000
 
     async def snapshot(self, request: web.BaseRequest) -> web.StreamResponse:
         """rqlite's POST /snapshot[?trailing_logs=N]: compact this node's log now; 200 when
@@ -620,3 +652,20 @@ class HttpApi:
             for part in key.split("."):
                 doc = doc.get(part, {}) if isinstance(doc, dict) else {}
         return json_response(doc, params)
+
+
+def _node_id_body(body: bytes, required: bool) -> int:
+    """The node id of a `{"id": ...}` body (rqlite's ids are strings: "2" and 2 both do)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("invalid JSON body") from None
+    if not isinstance(doc, dict) or set(doc) != {"id"}:
+        if not required and doc == {}:
+            return 0
+        raise BadRequest('the body must be a JSON object with exactly one key, "id"')
+    value = doc["id"]
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not text.isdigit() or not 0 < int(text) < 1 << 62:
+        raise BadRequest(f"invalid node id {value!r}: node ids are positive integers")
+    return int(text)

@@ -1,5 +1,6 @@
-"""The native ZeroMQ endpoint: ClientExecute, ClientQuery and StatusRequest on the node's
-api_zmq ROUTER, served by the same Service as HTTP.
+"""The native ZeroMQ endpoint: ClientExecute, ClientQuery, ClientRemove, ClientTransfer and
+StatusRequest on the node's api_zmq ROUTER, served by the same Service (and Membership) as
+HTTP.
 
 Used by followers forwarding to the leader (they set `options.forwarded`, so the request is
 never forwarded again) and by native clients (zraft.client). The codec has validated every
@@ -14,13 +15,17 @@ import time
 from dataclasses import replace
 
 from zraft.api.errors import ApiError, BadRequest
+from zraft.api.membership import Membership, request_for
 from zraft.api.service import LEVELS, Request, Service
 from zraft.api.statements import check_count
 from zraft.wire.messages import (
     ClientExecute,
     ClientQuery,
+    ClientRemove,
     ClientResults,
+    ClientTransfer,
     Error,
+    Ok,
     StatusReply,
     StatusRequest,
     WireMessage,
@@ -30,8 +35,9 @@ from zraft.wire.messages import (
 class NativeHandler:
     """Turns one native request into one reply; never raises for a request's failure."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, membership: Membership) -> None:
         self.service = service
+        self.membership = membership
 
     async def __call__(self, msg: WireMessage) -> WireMessage:
         request_id = getattr(msg, "id", 0)
@@ -41,6 +47,9 @@ class NativeHandler:
             if isinstance(msg, ClientExecute | ClientQuery):
                 with self.service.admit():
                     return await self._client_request(msg)
+            if isinstance(msg, ClientRemove | ClientTransfer):
+                with self.service.admit():
+                    return await self._membership_request(msg)
             raise BadRequest(f"the api endpoint does not serve {type(msg).__name__}")
         except ApiError as exc:
             return Error(id=request_id, code=exc.code, message=exc.message, leader=exc.leader)
@@ -59,3 +68,12 @@ class NativeHandler:
                 raise BadRequest(f"invalid level {msg.level!r}")
             outcome = await self.service.query(req)
         return ClientResults(id=msg.id, results=outcome.results, raft_index=outcome.raft_index)
+
+    async def _membership_request(self, msg: ClientRemove | ClientTransfer) -> WireMessage:
+        timeout_s = min(msg.timeout_ms, self.service.config.store.max_wait_ms) / 1000
+        req = request_for(timeout_s, forwarded=msg.forwarded)
+        if isinstance(msg, ClientRemove):
+            await self.membership.remove(msg.node_id, req)
+        else:
+            await self.membership.transfer(msg.node_id, msg.wait, req)
+        return Ok(id=msg.id)

@@ -61,7 +61,14 @@ from zraft.wire.sql import Statement
 
 LEVELS = ("none", "weak", "linearizable", "strong")
 STALE_READ = "stale read"
-MAX_FORWARD_ATTEMPTS = 3
+RETRY_FIRST_S = 0.02
+RETRY_MAX_S = 0.2
+RETRY_MARGIN_S = 0.05
+LEADER_WAIT_ELECTIONS = 4
+"""While no other node is known to lead, a request asks again after 20, 40, 80... ms (at most
+200 ms), for at most this many election timeouts (2 s with the default timing) and never
+closer to its deadline than the next pause plus RETRY_MARGIN_S; then it is a 503 "leader not
+found", as rqlite answers at once."""
 STATUS_TIMEOUT_S = 2.0
 ROLE_NAMES = {"leader": "Leader", "follower": "Follower", "candidate": "Candidate",
               "pre_candidate": "Candidate"}
@@ -133,6 +140,25 @@ class Outcome:
     raft_index: int = 0
     served_by: int = 0
     """Node id that executed the request."""
+
+
+class LeaderWait:
+    """Pauses between attempts while no other node is known to lead, until `until`. This is
+    what lets requests ride through an election or a leader's hand-off (a rolling restart)
+    instead of failing: nothing of the request was appended anywhere yet."""
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+        self.next_pause = RETRY_FIRST_S
+        self.waited = False
+
+    async def pause(self) -> None:
+        """Sleep before the next attempt; NotLeader("leader not found") when the time is up."""
+        if time.monotonic() + self.next_pause + RETRY_MARGIN_S > self.until:
+            raise NotLeader(LEADER_NOT_FOUND)
+        await asyncio.sleep(self.next_pause)
+        self.next_pause = min(self.next_pause * 2, RETRY_MAX_S)
+        self.waited = True
 
 
 class LeaderCache:
@@ -221,28 +247,37 @@ class Service:
             raise BadRequest(str(exc)) from None
 
     async def _through_log(self, req: Request, data: bytes, forward: Forward) -> Outcome:
-        for attempt in range(MAX_FORWARD_ATTEMPTS):
+        waiting = self.leader_wait(req)
+        while True:
             try:
                 index, term = await self.raft.propose(data, req.remaining())
             except NotLeader as exc:
-                leader = self._forward_target(exc.leader, req)
-                try:
-                    return await forward(leader, req)
-                except NotLeader:
-                    if attempt == MAX_FORWARD_ATTEMPTS - 1:
-                        raise
-                    continue  # leadership moved; nothing was appended, so ask again
+                leader = self.forward_target(exc.leader, req)
+                if leader:
+                    try:
+                        return await forward(leader, req)
+                    except NotLeader:
+                        pass  # leadership moved, or that node is stopping; nothing was appended
+                await waiting.pause()
+                continue
             self.leader_cache.update(self.node_id, term)
             result = await self.store.wait_applied(index, term, req.remaining(), req.options.render)
             return Outcome(_results(result), index, self.node_id)
-        raise NotLeader(LEADER_NOT_FOUND)  # pragma: no cover - the loop always returns or raises
 
-    def _forward_target(self, leader: int, req: Request) -> int:
-        if not leader or leader == self.node_id or self.peers.get(leader) is None:
-            raise NotLeader(LEADER_NOT_FOUND)
-        if req.forwarded or req.redirect:
-            raise NotLeader("not leader", leader=leader)
-        return leader
+    def forward_target(self, leader: int, req: Request) -> int:
+        """The node to forward to, or 0 while no other node is known to lead (an election or
+        a hand-off is under way: the caller waits). A request that was forwarded here, or
+        asks for redirects, is answered with the leader instead of going anywhere."""
+        usable = leader if leader and leader != self.node_id and self.peers.get(leader) is not None else 0
+        if req.forwarded or (req.redirect and usable):
+            raise NotLeader("not leader" if usable else LEADER_NOT_FOUND, leader=usable)
+        return usable
+
+    def leader_wait(self, req: Request) -> LeaderWait:
+        """How this request waits for a leader (see LEADER_WAIT_ELECTIONS)."""
+        raft = self.config.raft
+        budget = LEADER_WAIT_ELECTIONS * raft.election_ticks * raft.tick_ms / 1000
+        return LeaderWait(min(req.deadline, time.monotonic() + budget))
 
     async def _forward_execute(self, leader: int, req: Request) -> Outcome:
         peer = self._peer(leader)
@@ -277,23 +312,34 @@ class Service:
         return await self._linearizable_query(req)
 
     async def _weak_query(self, req: Request) -> Outcome:
-        for attempt in range(MAX_FORWARD_ATTEMPTS):
-            leader = await self.current_leader(req.remaining(), fresh=attempt > 0)
+        waiting = self.leader_wait(req)
+        while True:
+            leader = await self.current_leader(req.remaining(), fresh=waiting.waited)
             if leader == self.node_id:
                 return await self._local_query(req, 0)
-            try:
-                return await self._forward_query(self._forward_target(leader, req), req)
-            except NotLeader:
-                if attempt == MAX_FORWARD_ATTEMPTS - 1:
-                    raise
-        raise NotLeader(LEADER_NOT_FOUND)  # pragma: no cover
+            target = self.forward_target(leader, req)
+            if target:
+                try:
+                    return await self._forward_query(target, req)
+                except NotLeader:
+                    pass
+            await waiting.pause()
 
     async def _linearizable_query(self, req: Request) -> Outcome:
-        try:
-            index = await self.raft.read_index(req.remaining())
-        except NotLeader as exc:
-            return await self._forward_query(self._forward_target(exc.leader, req), req)
-        return await self._local_query(req, index)
+        waiting = self.leader_wait(req)
+        while True:
+            try:
+                index = await self.raft.read_index(req.remaining())
+            except NotLeader as exc:
+                target = self.forward_target(exc.leader, req)
+                if target:
+                    try:
+                        return await self._forward_query(target, req)
+                    except NotLeader:
+                        pass
+                await waiting.pause()
+                continue
+            return await self._local_query(req, index)
 
     async def _local_query(self, req: Request, min_applied: int) -> Outcome:
         results = await self.store.query(req.statements, min_applied, req.remaining(), req.options.query)
@@ -385,9 +431,9 @@ class Service:
             leader = await self.current_leader(min(timeout, STATUS_TIMEOUT_S))
         except ApiError:
             leader = 0
-        return list(await asyncio.gather(*(self._probe(p.id, leader, timeout) for p in self.config.peers)))
+        return list(await asyncio.gather(*(self.probe(p.id, leader, timeout) for p in self.config.peers)))
 
-    async def _probe(self, node_id: int, leader: int, timeout: float) -> dict[str, Any]:
+    async def probe(self, node_id: int, leader: int, timeout: float) -> dict[str, Any]:
         peer = self.config.peer(node_id)
         assert peer is not None
         node: dict[str, Any] = {"id": str(node_id), "api_addr": f"http://{peer.http}",

@@ -31,7 +31,7 @@ from typing import TypeVar, cast
 
 import zmq
 
-from zraft.api.errors import ApiError, Timeout, TooLarge, Unavailable, from_wire
+from zraft.api.errors import ApiError, NotLeader, NotSent, Timeout, TooLarge, Unavailable, from_wire
 from zraft.transport.sockets import NATIVE_MAX_FRAME, api_dealer, api_server, api_subscriber
 from zraft.wire import RemoteProtocolError, WireMessage, decode, encode
 from zraft.wire.messages import (
@@ -43,11 +43,15 @@ from zraft.wire.messages import (
     ClientExecute,
     ClientOptions,
     ClientQuery,
+    ClientRemove,
     ClientResults,
+    ClientTransfer,
+    ConfChangeRequest,
     Error,
     ErrorCode,
     JsonObject,
     JsonValue,
+    Ok,
     Propose,
     ProposeBatch,
     Proposed,
@@ -65,6 +69,7 @@ from zraft.wire.messages import (
     RenderOptions,
     StatusReply,
     StatusRequest,
+    TransferLeader,
     StoreStatus,
     WaitApplied,
     WaitAppliedBatch,
@@ -81,6 +86,9 @@ M = TypeVar("M", bound=WireMessage)
 BATCH = 256
 """Messages handled per wake-up before yielding to the loop."""
 RETRY_SEND_S = 0.02
+FORWARD_SEND_TIMEOUT_S = 0.5
+"""A forward that finds no connection to the leader's endpoint for this long gives up on that
+node for now (zraft.api.service then asks again who leads)."""
 """How often a request queued behind a full or unconnected socket retries its send."""
 
 
@@ -156,8 +164,11 @@ class AsyncRpcClient(_Pump):
         self._batches: dict[int, list[int]] = {}  # ProposeBatch id -> its requests' ids
         super().__init__(api_dealer(ctx, address), loop or asyncio.get_running_loop())
 
-    async def call(self, msg: WireMessage, timeout: float) -> WireMessage:
-        """Send `msg` stamped with a fresh id; its reply, or Timeout after `timeout` seconds."""
+    async def call(self, msg: WireMessage, timeout: float, send_timeout: float | None = None) -> WireMessage:
+        """Send `msg` stamped with a fresh id; its reply, or Timeout after `timeout` seconds.
+        With `send_timeout`, a request that could not even be handed to a connection within
+        that time (the far end is down or restarting) fails with NotSent instead: the far end
+        never saw it, so the caller may safely send it elsewhere."""
         if self._closed:
             raise Unavailable(f"client for {self.address} is closed")
         if timeout <= 0:
@@ -172,13 +183,30 @@ class AsyncRpcClient(_Pump):
             if self._max_request_bytes is not None and max(map(len, frames)) > self._max_request_bytes:
                 raise TooLarge(f"the request is {max(map(len, frames))} bytes encoded; {self.address} takes "
                                f"at most {self._max_request_bytes}")
+            unsent = None
             if self._outbox or not self._send(frames):
                 self._outbox.append((request_id, frames))
                 self._arm_retry()
-            return await future
+                if send_timeout is not None and send_timeout < timeout:
+                    unsent = self._loop.call_later(send_timeout, self._expire_unsent, request_id)
+            try:
+                return await future
+            finally:
+                if unsent is not None:
+                    unsent.cancel()
         finally:
             timer.cancel()
             self._pending.pop(request_id, None)
+
+    def _expire_unsent(self, request_id: int) -> None:
+        """Give up on a request still waiting in the outbox: it never left this process."""
+        for position, (queued_id, _) in enumerate(self._outbox):
+            if queued_id == request_id:
+                del self._outbox[position]
+                future = self._pending.get(request_id)
+                if future is not None and not future.done():
+                    future.set_exception(NotSent(f"no connection to {self.address}: the request was not sent"))
+                return
 
     async def call_batched(self, msg: Propose | WaitApplied, timeout: float) -> WireMessage:
         """As `call`, but requests made in the same event-loop iteration travel as one
@@ -395,8 +423,8 @@ class AsyncRpcServer(_Pump):
         if not isinstance(msg, WireMessage):
             self.dropped += 1
             return
-        if not self._accepting:
-            self._reply(envelope, Error(id=getattr(msg, "id", 0), code=ErrorCode.UNAVAILABLE,
+        if not self._accepting:  # nothing was done: a forwarding node asks the next leader
+            self._reply(envelope, Error(id=getattr(msg, "id", 0), code=ErrorCode.NOT_LEADER,
                                         message="the api process is shutting down"))
             return
         task = self._loop.create_task(self._serve(envelope, msg))
@@ -494,6 +522,17 @@ class ZmqRaftClient:
     async def compact(self, durable: int, trailing: int, timeout: float) -> Compacted:
         return expect(await self.rpc.call(CompactLog(id=0, durable=durable, trailing=trailing), timeout), Compacted)
 
+    async def change_membership(self, op: str, node_id: int, timeout: float) -> tuple[int, int]:
+        """Propose a membership change ("remove", "add_learner", "add_voter"); its entry's
+        (index, term)."""
+        reply = expect(await self.rpc.call(ConfChangeRequest(0, op, node_id), timeout), Proposed)
+        return reply.index, reply.term
+
+    async def transfer(self, node_id: int, timeout: float) -> int:
+        """Start a leadership transfer to `node_id` (0: the best voter); the target's id."""
+        reply = expect(await self.rpc.call(TransferLeader(0, node_id), timeout), Ok)
+        return int(reply.result or 0)
+
 
 class ZmqStoreClient:
     """The local store process (config.store_rpc)."""
@@ -535,14 +574,34 @@ class ZmqPeerClient:
         """rqlite's /db/execute on that node; `options.transaction` is the request's flag."""
         msg = ClientExecute(id=0, statements=statements, transaction=options.transaction,
                             timeout_ms=_ms(_hop_budget(timeout)), options=options)
-        reply = expect(await self.rpc.call(msg, timeout), ClientResults)
-        return reply.results, reply.raft_index
+        return await self._forward(msg, timeout)
 
     async def query(self, statements: list[Statement], level: str, timeout: float,
                     options: ClientOptions) -> tuple[list[JsonValue], int]:
         msg = ClientQuery(id=0, statements=statements, level=level,
                           timeout_ms=_ms(_hop_budget(timeout)), options=options)
-        reply = expect(await self.rpc.call(msg, timeout), ClientResults)
+        return await self._forward(msg, timeout)
+
+    async def remove(self, node_id: int, timeout: float) -> None:
+        """rqlite's DELETE /remove on that node (the leader), marked as forwarded."""
+        msg = ClientRemove(0, node_id, _ms(_hop_budget(timeout)), forwarded=True)
+        await self._call_forward(msg, timeout, Ok)
+
+    async def transfer(self, node_id: int, wait: bool, timeout: float) -> None:
+        """rqlite's POST /leader on that node (the leader), marked as forwarded."""
+        msg = ClientTransfer(0, node_id, wait, _ms(_hop_budget(timeout)), forwarded=True)
+        await self._call_forward(msg, timeout, Ok)
+
+    async def _call_forward(self, msg: WireMessage, timeout: float, cls: type[M]) -> M:
+        try:
+            return expect(await self.rpc.call(msg, timeout, send_timeout=FORWARD_SEND_TIMEOUT_S), cls)
+        except NotSent as exc:
+            raise NotLeader(exc.message) from None
+
+    async def _forward(self, msg: ClientExecute | ClientQuery, timeout: float) -> tuple[list[JsonValue], int]:
+        """A request that could not reach that node at all is a NotLeader: the caller asks
+        again who leads (that node may be restarting) instead of waiting out the deadline."""
+        reply = await self._call_forward(msg, timeout, ClientResults)
         return reply.results, reply.raft_index
 
     async def status(self, timeout: float) -> JsonObject:

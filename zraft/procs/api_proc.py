@@ -36,6 +36,7 @@ from aiohttp import web
 
 from zraft.api.connections import GuardedServer
 from zraft.api.http import HttpApi
+from zraft.api.membership import Membership
 from zraft.api.native import NativeHandler
 from zraft.api.service import Service
 from zraft.api.zmq_client import (
@@ -113,6 +114,7 @@ class ApiProcess:
         self._runner: web.ServerRunner | None = None
         self._http: HttpApi | None = None
         self.service: Service | None = None
+        self.membership: Membership | None = None
         self.http_port = 0
 
     async def start(self) -> None:
@@ -124,12 +126,13 @@ class ApiProcess:
         self._peers = PeerClients(self.ctx, {p.id: from_own_address(p.api_zmq, own)
                                              for p in config.peers if p.id != config.id},
                                   max_request_bytes=native_max_frame_bytes(config.api))
-        service = self.service = Service(config, ZmqRaftClient(raft_rpc), ZmqStoreClient(store_rpc),
-                                         self._peers)
+        raft = ZmqRaftClient(raft_rpc)
+        service = self.service = Service(config, raft, ZmqStoreClient(store_rpc), self._peers)
+        membership = self.membership = Membership(service, raft, self._peers.get)
         if config.raft_pub:
             self._subscriber = AsyncSubscriber(self.ctx, config.raft_pub, service.on_notice)
         grace = config.api.request_timeout_ms / 1000 + 1
-        self._http = HttpApi(service, config)
+        self._http = HttpApi(service, config, membership)
         removed = self._http.backups.clean()
         if removed:
             log.info("removed %d scratch files left by an earlier backup in %s", removed, self._http.backups.scratch)
@@ -155,14 +158,17 @@ class ApiProcess:
         self.http_port = sockets[0][1] if sockets else port
         # After the HTTP port: binding an ipc path takes it over from a process already
         # serving it, so a second copy of this process must fail on the TCP port first.
-        self._native = AsyncRpcServer(self.ctx, config.me().api_zmq, NativeHandler(service),
+        self._native = AsyncRpcServer(self.ctx, config.me().api_zmq, NativeHandler(service, membership),
                                       max_frame_bytes=native_max_frame_bytes(config.api))
         log.info("api process for node %d serving http on %s:%d (at most %d connections, header "
                  "timeout %d ms, idle timeout %d ms) and native on %s", config.id, host, self.http_port,
                  cap, config.api.header_timeout_ms, config.api.idle_timeout_ms, config.me().api_zmq)
 
     async def close(self) -> None:
-        """Stop accepting, finish what is in flight, close every socket (LINGER=0)."""
+        """Hand the node's leadership over if it leads, stop accepting, finish what is in
+        flight, close every socket (LINGER=0)."""
+        if self.membership is not None:
+            await self.membership.hand_off_before_close()
         grace = self.config.api.request_timeout_ms / 1000 + 1
         closing: list[Coroutine[Any, Any, None]] = []
         if self._runner is not None:

@@ -16,7 +16,7 @@ import logging
 
 from zraft.procs.disk_health import DiskHealth
 from zraft.procs.shell import Counters
-from zraft.raft import ConfChange, ConfChangeKind, ProposalDropped, RaftCore, Role
+from zraft.raft import NONE, ConfChange, ConfChangeKind, ProposalDropped, RaftCore, Role, apply_conf_change
 from zraft.wire.messages import (
     Appended,
     ConfChangeRequest,
@@ -68,8 +68,8 @@ class Proposals:
             return Error(req.id, ErrorCode.BUSY, "too many uncommitted proposals", leader=core.leader)
         try:
             index = core.propose(req.data)
-        except ProposalDropped as exc:
-            return Error(req.id, ErrorCode.UNAVAILABLE, str(exc), leader=core.leader)
+        except ProposalDropped as exc:  # a hand-off is under way: nothing appended, ask the next leader
+            return Error(req.id, ErrorCode.NOT_LEADER, str(exc), leader=NONE)
         self._stats["proposals"] += 1
         return Proposed(req.id, index, core.term)
 
@@ -94,21 +94,36 @@ class Proposals:
         refusal = self._refusal(core, req.id)
         if refusal is not None:
             return refusal
+        change = ConfChange(kind, req.node_id)
         try:
-            index = core.propose_conf_change(ConfChange(kind, req.node_id))
-        except ProposalDropped as exc:
-            return Error(req.id, ErrorCode.REJECTED, str(exc), leader=core.leader)
+            apply_conf_change(core.conf, change)
+        except ProposalDropped as exc:  # meaningless here (already a voter, not a member, the last voter)
+            return Error(req.id, ErrorCode.BAD_REQUEST, str(exc))
+        try:
+            index = core.propose_conf_change(change)
+        except ProposalDropped as exc:  # an earlier change is not committed yet: ask again soon
+            return Error(req.id, ErrorCode.BUSY, str(exc), leader=core.leader)
         log.info("proposed %s of node %d at index %d", req.op, req.node_id, index)
         return Proposed(req.id, index, core.term)
 
     def transfer(self, core: RaftCore, req: TransferLeader) -> WireMessage:
+        """Start handing leadership to `req.node_id`, or with 0 to the most up-to-date voter
+        (Ok's result names the target; none when no other voter is active)."""
         if core.role != Role.LEADER:
             return self._not_leader(core, req.id)
-        if req.node_id not in core.conf.voters:
+        if req.node_id == 0:
+            target = core.hand_off_leadership()
+            if target == NONE:
+                return Error(req.id, ErrorCode.UNAVAILABLE, "no other voter can take over now")
+        elif req.node_id not in core.conf.voters:
             return Error(req.id, ErrorCode.BAD_REQUEST, f"node {req.node_id} is not a voter")
-        core.transfer_leader(req.node_id)
-        log.info("leadership transfer to node %d requested", req.node_id)
-        return Ok(req.id)
+        elif req.node_id == core.id:
+            return Ok(req.id, str(core.id))  # it leads already
+        else:
+            target = req.node_id
+            core.transfer_leader(target)
+        log.info("leadership transfer to node %d requested", target)
+        return Ok(req.id, str(target))
 
     def _refusal(self, core: RaftCore, request_id: int) -> Error | None:
         refusal = self._disk.refusal(request_id, leading=core.role == Role.LEADER)

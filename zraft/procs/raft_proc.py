@@ -38,11 +38,13 @@ from pathlib import Path
 import zmq
 
 from zraft.config import ConfigError, NodeConfig, load
-from zraft.logstore import FileLogStore, LogCorruptError, LogStore, LogStoreError
-from zraft.logstore.salvage import SalvageRefused, finish_interrupted, quarantine, salvage
+from zraft.logstore import LogCorruptError, LogStore, LogStoreError
+from zraft.logstore.salvage import SalvageRefused
 from zraft.procs.disk_health import DiskHealth
 from zraft.procs.entry_server import EntryServer
+from zraft.procs.log_open import close_quietly, open_log, salvage_or_raise
 from zraft.procs.notices import CommitAnnouncer, NoticePublisher
+from zraft.procs.peers_file import recover_if_asked
 from zraft.procs.proposals import Proposals
 from zraft.procs.read_waits import ReadIndexWaits
 from zraft.procs.role_watch import RoleWatch
@@ -57,7 +59,6 @@ from zraft.raft import (
     MsgType,
     RaftConfig,
     RaftCore,
-    RaftLog,
     Ready,
     Role,
     SnapshotMeta,
@@ -186,9 +187,33 @@ class RaftProcess:
         self.store.close()
 
     def serve(self) -> None:
-        """Run turns until stop() is called. Fatal errors propagate to the caller."""
+        """Run turns until stop() is called, then hand leadership over if this node leads.
+        Fatal errors propagate to the caller."""
         while not self._stop:
             self.turn()
+        self._hand_off_before_exit()
+
+    def _hand_off_before_exit(self) -> None:
+        """A leader that is told to stop hands leadership to the most up-to-date voter first
+        and keeps serving until it is taken (at most two election timeouts), as rqlite's
+        -raft-shutdown-stepdown: its writes in flight then commit under the new leader, and
+        writers see a leader change within a heartbeat instead of an election timeout. It
+        serves on until what it had appended is committed, so that its store can still answer
+        the writers waiting on this node."""
+        target = self.core.hand_off_leadership()
+        if target == NONE:
+            return
+        settings = self.config.raft
+        deadline = time.monotonic() + 2 * settings.election_ticks * settings.tick_ms / 1000
+        last = self.core.log.last_index()  # once committed, the store can answer their writers
+        log.info("stopping: handing leadership to node %d first", target)
+        while (self.core.role == Role.LEADER or self.entries.commit < last) and time.monotonic() < deadline:
+            self.turn()
+        if self.core.role == Role.LEADER:
+            log.info("stopping: leadership was not taken in time")
+        else:
+            log.info("stopping: %s", f"node {self.core.leader} leads now" if self.core.leader != NONE
+                     else "this node stepped down; no leader is known yet")
 
     def turn(self) -> None:
         events = dict(self._poller.poll(self._poll_timeout_ms(time.monotonic())))
@@ -385,47 +410,18 @@ def run(config: NodeConfig) -> int:
 def _start(config: NodeConfig) -> RaftProcess:
     """The process on its log, salvaged first if it has damage in synced data; the log
     store is closed again when starting fails."""
-    finish_interrupted(config.log_dir)
-    store = FileLogStore(config.log_dir, segment_size=config.raft.segment_bytes)
+    store = open_log(config)
     try:
+        recover_if_asked(store, config.log_dir, config.id)  # an operator's peers.json, used once
         try:
             return RaftProcess(config, store)
         except LogCorruptError as exc:
-            _close_quietly(store)
-            store = _salvage_or_raise(config, exc)
+            close_quietly(store)
+            store = salvage_or_raise(config, exc)
             return RaftProcess(config, store)
     except BaseException:
-        _close_quietly(store)
+        close_quietly(store)
         raise
-
-
-def _salvage_or_raise(config: NodeConfig, damage: LogCorruptError) -> FileLogStore:
-    """The log has damage in synced data: salvage it when that is safe (see salvage.py), and
-    return a store on the new log; otherwise re-raise `damage` (the process then exits
-    non-zero, as it always did)."""
-    log.critical("the raft log has damage in synced data: %s", damage)
-    try:
-        salvaged = salvage(config.log_dir, damage)
-        voters = RaftLog(salvaged.snapshot, salvaged.entries, 0, 0).latest_conf().voters
-        if voters == (config.id,):
-            raise SalvageRefused("this node is the cluster's only voter: no peer holds what was lost")
-        aside = quarantine(config.log_dir, salvaged, segment_size=config.raft.segment_bytes)
-    except (SalvageRefused, OSError) as exc:
-        log.critical("cannot recover from the damage automatically (%s): refusing to start; an operator "
-                     "must replace this node's data (move %s aside and let it rejoin as a new, empty "
-                     "member, or restore it)", exc, config.log_dir)
-        raise damage from None
-    log.critical("salvaged the damaged raft log: %s; the damaged log is kept at %s (never deleted "
-                 "automatically); starting from the salvaged log, the rest comes from the leader",
-                 salvaged.describe(), aside)
-    return FileLogStore(config.log_dir, segment_size=config.raft.segment_bytes)
-
-
-def _close_quietly(store: LogStore) -> None:
-    try:
-        store.close()
-    except Exception as exc:
-        log.error("error while closing the log store: %s", exc)
 
 
 def main(argv: list[str] | None = None) -> int:

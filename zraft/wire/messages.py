@@ -461,7 +461,8 @@ class ConfChangeRequest(WireMessage):
 
 @dataclass(slots=True)
 class TransferLeader(WireMessage):
-    """Hand leadership to `node_id`. Answered with Ok or Error."""
+    """Hand leadership to `node_id`, or with 0 to the most up-to-date voter. Answered with
+    Ok (its `result` names the target) or Error."""
 
     KIND: ClassVar[str] = "transfer_leader"
     id: int
@@ -613,6 +614,34 @@ class ClientQuery(WireMessage):
     level: str = "weak"
     timeout_ms: int = 10_000
     options: ClientOptions = ClientOptions()
+
+
+@dataclass(slots=True)
+class ClientRemove(WireMessage):
+    """rqlite's DELETE /remove: take `node_id` out of the cluster, voter or not. Answered
+    with Ok once the change is committed and applied on the node that answers, or Error. A
+    follower forwards it to the leader with `forwarded` set; a node that is not the leader
+    then answers NOT_LEADER instead of forwarding it again."""
+
+    KIND: ClassVar[str] = "client_remove"
+    id: int
+    node_id: int
+    timeout_ms: int = 10_000
+    forwarded: bool = False
+
+
+@dataclass(slots=True)
+class ClientTransfer(WireMessage):
+    """rqlite's POST /leader: hand leadership to `node_id` (0: the most up-to-date voter).
+    Answered with Ok once the transfer has started, or with `wait` once another node
+    leads; `forwarded` as for ClientRemove."""
+
+    KIND: ClassVar[str] = "client_transfer"
+    id: int
+    node_id: int = 0
+    wait: bool = False
+    timeout_ms: int = 10_000
+    forwarded: bool = False
 
 
 @dataclass(slots=True)
