@@ -1,6 +1,7 @@
 """Membership through rqlite's HTTP API on a real 3-node cluster (issue 12): /nodes tells the
 Raft configuration, POST /leader moves leadership (to a chosen node, or to the best one),
-DELETE /remove takes a node out, and bad requests change nothing. Each request goes through
+DELETE /remove takes a node out (and the removed node, still running, learns it and stops
+campaigning), and bad requests change nothing. Each request goes through
 a follower, so forwarding to the leader is exercised too."""
 
 from __future__ import annotations
@@ -81,6 +82,20 @@ def test_remove_a_follower_and_the_cluster_goes_on_with_two(cluster: LocalCluste
     assert status == 200, text
     assert sorted(nodes(cluster, other)) == sorted(str(n) for n in (leader, other))
     assert sorted(nodes(cluster, leader, "nonvoters")) == sorted(str(n) for n in (leader, other))
+
+    def told() -> dict | None:
+        raft = http("GET", f"http://127.0.0.1:{cluster.port(gone)}/status", timeout=2)[1]["store"]["raft"]
+        return raft if raft["removed_by"] == leader else None
+    raft = wait_for(told, 10, f"node {gone} to learn it was removed")  # it asks for a vote, the leader answers
+    assert raft["state"] == "Shutdown", raft
+
+    def notices() -> int:
+        stats = http("GET", f"http://127.0.0.1:{cluster.port(leader)}/status", timeout=2)[1]["store"]["raft"]["stats"]
+        return int(stats.get("removed_notices_sent", 0))
+    sent = notices()
+    time.sleep(2.5)  # five election timeouts: a node still campaigning would ask again, and be told again
+    assert notices() == sent >= 1
+    assert http("GET", f"http://127.0.0.1:{cluster.port(gone)}/status")[1]["store"]["raft"]["term"] == raft["term"]
     cluster.supervisorctl("stop", f"node{gone}-api", f"node{gone}-store", f"node{gone}-raft")
     for value in range(5):  # a majority of the two voters left
         status, doc = execute(cluster.port(other), [["INSERT INTO t VALUES(?)", value]])

@@ -409,10 +409,10 @@ class Service:
                                  "addr": _strip_scheme(leader.raft) if leader else ""}
             section["ready"] = bool(raft.leader)
             section["raft"] = {**_raft_fields(raft), "applied": applied,
-                               "state": ROLE_NAMES.get(raft.role, raft.role), "term": raft.term,
-                               "commit_index": raft.commit, "applied_index": applied,
-                               "last_log_index": raft.last_index, "voter": True,
-                               "num_peers": len(self.config.peers) - 1,
+                               "state": "Shutdown" if raft.removed_by else ROLE_NAMES.get(raft.role, raft.role),
+                               "term": raft.term, "commit_index": raft.commit, "applied_index": applied,
+                               "last_log_index": raft.last_index, "voter": self.node_id in raft.voters,
+                               "num_peers": len(raft.voters) + len(raft.learners) - 1,
                                "last_snapshot_index": raft.snapshot_index,
                                "last_snapshot_term": raft.snapshot_term, "log_size": raft.log_bytes,
                                "log_entries": max(raft.last_index - raft.snapshot_index, 0)}

@@ -47,7 +47,8 @@ from zraft.procs.notices import CommitAnnouncer, NoticePublisher
 from zraft.procs.peers_file import recover_if_asked
 from zraft.procs.proposals import Proposals
 from zraft.procs.read_waits import ReadIndexWaits
-from zraft.procs.role_watch import RoleWatch
+from zraft.procs.removal import Removal
+from zraft.procs.role_watch import RoleWatch, Roles
 from zraft.procs.snapshots import Compactor, ImageTransfer, Snapshots
 from zraft.procs.shell import MAX_DRAIN, Counters, ExitCode, RpcServer, Ticker, run_shell, setup_logging
 from zraft.raft import (
@@ -72,6 +73,7 @@ from zraft.wire.messages import (
     Compacted,
     ConfChangeRequest,
     FetchEntries,
+    MemberRemoved,
     PeerProgress,
     Propose,
     ProposeBatch,
@@ -107,7 +109,8 @@ class RaftProcess:
         self._stop = False
         self._ticker = Ticker(config.raft.tick_ms / 1000.0, 2 * config.raft.election_ticks, time.monotonic(),
                               self.stats, log)
-        self.watch = RoleWatch(self.core)
+        self.roles = Roles(RoleWatch(self.core),
+                           Removal(lambda notice: self.peers.links.send(notice), self.stats))
         if self.core.recovering:
             log.info("blank start: this node neither votes nor stands for election until every other "
                         "voter has told it its term and last log id")
@@ -234,7 +237,7 @@ class RaftProcess:
                 self._step(released)
         if not frozen:
             ticks = self._ticker.due(now)
-            for _ in range(ticks):
+            for _ in range(ticks if self.roles.removal.may_campaign else 0):
                 self.core.tick()
             if ticks:
                 self.peers.links.drain_stray()
@@ -253,9 +256,13 @@ class RaftProcess:
             self.snapshots.transfer.serve(msg, now)
         elif isinstance(msg, SnapshotChunk):
             self.snapshots.transfer.on_chunk(msg, now)
-        elif not (msg.type == MsgType.SNAP and msg.term >= self.core.term and problem(msg, self.config.id) is None
-                  and self.snapshots.transfer.hold(msg, now)):
-            self._step(msg)  # a SNAP is held until the store has the image (snapshots.ImageTransfer)
+        elif isinstance(msg, MemberRemoved):
+            self.roles.removal.on_notice(msg, self.core)
+        else:
+            self.roles.removal.on_raft(msg, self.core, now)
+            if not (msg.type == MsgType.SNAP and msg.term >= self.core.term and problem(msg, self.config.id) is None
+                    and self.snapshots.transfer.hold(msg, now)):
+                self._step(msg)  # a SNAP is held until the store has the image (snapshots.ImageTransfer)
 
     def _step(self, msg: Message) -> None:
         refused = self.core.refused
@@ -293,7 +300,7 @@ class RaftProcess:
         core = self.core
         while core.has_ready():
             rd = core.ready()
-            changed = self.watch.observe(rd, core)
+            changed = self.roles.watch.observe(rd, core)
             if changed is not None:
                 self.reads.fail_all(ErrorCode.LEADERSHIP_LOST, f"leader changed from {changed[0]} to {changed[1]}",
                                     changed[1])
@@ -338,7 +345,7 @@ class RaftProcess:
         self._ticker.pause_until(frozen_until)
         code, message = self.disk.failure()
         self.reads.fail_all(code, message, NONE)
-        self.watch.rebuilt(self.core)
+        self.roles.watch.rebuilt(self.core)
 
     # == requests that are not proposals =====================================================
     def _on_read_index(self, identity: bytes, req: ReadIndex) -> WireMessage | None:
@@ -368,7 +375,7 @@ class RaftProcess:
             epoch=self.notices.publisher.epoch, seq=self.notices.publisher.seq, pending_reads=len(self.reads),
             disk_full=self.disk.reason, vote_floor=list(core.vote_floor), stats=dict(self.stats),
             progress=progress, snapshot_index=core.log.snapshot.index, snapshot_term=core.log.snapshot.term,
-            log_bytes=_files_bytes(self.config.log_dir))
+            log_bytes=_files_bytes(self.config.log_dir), removed_by=self.roles.removal.removed_by)
 
 
 def _files_bytes(folder: Path) -> int:

@@ -7,7 +7,9 @@ reads is the shell's business (a new leader ends them), and this part only repor
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
+from zraft.procs.removal import Removal
 from zraft.raft import NONE, RaftCore, Ready
 from zraft.raft.core import RECOVERY_FLOOR
 
@@ -53,3 +55,11 @@ class RoleWatch:
         if self._seen[0] != NONE:
             log.info("role follower, leader 0, term %d (rebuilt from disk)", core.term)
         self._seen = (NONE, core.term, core.vote_floor)
+
+
+@dataclass(slots=True)
+class Roles:
+    """The raft shell's two parts about this node's place in the cluster, side by side."""
+
+    watch: RoleWatch
+    removal: Removal

@@ -34,12 +34,13 @@ from zraft.transport.sockets import (
     send_nowait,
 )
 from zraft.wire.codec import RemoteProtocolError, decode, encode
-from zraft.wire.messages import SnapshotChunk, SnapshotPull
+from zraft.wire.messages import MemberRemoved, SnapshotChunk, SnapshotPull
 
-PeerMessage = Message | SnapshotPull | SnapshotChunk
-"""What travels on the peer link: Raft messages, and the chunks of a snapshot image with the
-pulls that ask for them (zraft.procs.snapshots)."""
-_TRANSFER = (SnapshotPull, SnapshotChunk)
+PeerMessage = Message | SnapshotPull | SnapshotChunk | MemberRemoved
+"""What travels on the peer link: Raft messages, the chunks of a snapshot image with the
+pulls that ask for them (zraft.procs.snapshots), and a leader's word to a node that it was
+removed (zraft.procs.removal)."""
+_SIDE = (SnapshotPull, SnapshotChunk, MemberRemoved)
 
 
 REDIAL_AFTER_S = HEARTBEAT_TIMEOUT_MS / 1000
@@ -158,7 +159,7 @@ def receive(inbox: zmq.Socket[bytes], my_id: int, limit: int, bad: Callable[[str
         except RemoteProtocolError as exc:
             bad("peer_decode_errors", f"undecodable peer message: {exc}")
             continue
-        if not isinstance(msg, (Message, *_TRANSFER)):
+        if not isinstance(msg, (Message, *_SIDE)):
             bad("peer_decode_errors", f"non-raft message {type(msg).__name__} on the peer inbox")
         elif msg.to != my_id or msg.frm in (NONE, my_id) or frames[0] != str(msg.frm).encode():
             bad("peer_misrouted", f"misrouted peer message {msg.frm}->{msg.to} from {frames[0]!r}")

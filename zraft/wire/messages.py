@@ -304,6 +304,9 @@ class RaftStatus(WireMessage):
     snapshot_term: int = 0
     log_bytes: int = 0
     """The log's files on disk (segments include preallocated space)."""
+    removed_by: int = 0
+    """The leader that told this node it was removed from the cluster (0: none did); the
+    node does not campaign meanwhile."""
 
 
 @dataclass(slots=True)
@@ -385,6 +388,19 @@ class SnapshotChunk(WireMessage):
     size: int
     applied: int
     data: bytes
+
+
+@dataclass(slots=True)
+class MemberRemoved(WireMessage):
+    """Peer link, leader to a node that asked it for a vote (or a pre-vote) although the
+    leader's configuration does not hold it: that node was removed from the cluster (it
+    missed the entry that removed it, which the leader no longer sends it). It stops
+    campaigning until a leader sends it entries again (zraft.procs.removal)."""
+
+    KIND: ClassVar[str] = "member_removed"
+    frm: int
+    to: int
+    term: int
 
 
 @dataclass(slots=True)

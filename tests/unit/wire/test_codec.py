@@ -52,7 +52,7 @@ SAMPLE_VALUES: dict[str, Any] = {
     "log_bytes": 4096, "known_commit": 9, "lag_ms": None,
     "db_path": "/data/db.sqlite", "parked": 1, "frm": 2, "to": 1, "session": 77, "offset": 1024, "size": 4096,
     "received": 2048, "installed": 40, "durable": 40, "trailing": 10, "changed": True,
-    "wait": True, "forwarded": True,
+    "wait": True, "forwarded": True, "removed_by": 2,
 }
 SAMPLE_OVERRIDES: dict[tuple[str, str], Any] = {
     ("proposed_batch", "results"): [Appended(41, 3), Refused(ErrorCode.NOT_LEADER, "not the leader", 2)],
