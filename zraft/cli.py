@@ -294,7 +294,8 @@ def restore(address: str, file: str, boot: bool, timeout: float, progress: bool 
 @click.option("--nemesis", default="all", show_default=True,
               help="Comma-separated faults or groups: partition-halves, partition-leader, partition-bridge, "
                    "partition-asym, loss, kill, kill-node, pause, clock, power-loss, disk-full, slow-disk, bitflip, "
-                   "install-kill, install-power-loss, install-bitflip; groups: partition, snapshot, all.")
+                   "install-kill, install-power-loss, install-bitflip, transfer, restart; groups: partition, snapshot, "
+                   "membership, all.")
 @click.option("--seed", type=int, default=None, help="Seed of the first run (default: from the clock, printed).")
 @click.option("--out", type=click.Path(file_okay=False), default="chaos-out", show_default=True,
               help="Folder for each run's history, summary and cluster logs.")

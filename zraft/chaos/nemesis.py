@@ -39,6 +39,7 @@ from typing import Protocol
 
 from zraft.chaos.disks import BitFlip, flip_synced_entry_bit, undo_flip
 from zraft.chaos.installs import InstallFaults, signal_quietly
+from zraft.chaos.membership import MembershipFaults
 from zraft.cluster import process_state
 
 NETWORK_FAULTS = ("partition-halves", "partition-leader", "partition-bridge", "partition-asym", "loss")
@@ -46,17 +47,20 @@ PROCESS_FAULTS = ("kill", "kill-node", "pause")
 CLOCK_FAULTS = ("clock",)
 DISK_FAULTS = ("power-loss", "disk-full", "slow-disk", "bitflip")
 SNAPSHOT_FAULTS = ("install-kill", "install-power-loss", "install-bitflip")
-ALL_FAULTS = NETWORK_FAULTS + PROCESS_FAULTS + CLOCK_FAULTS + DISK_FAULTS + SNAPSHOT_FAULTS
+MEMBERSHIP_FAULTS = ("transfer", "restart")
+ALL_FAULTS = NETWORK_FAULTS + PROCESS_FAULTS + CLOCK_FAULTS + DISK_FAULTS + SNAPSHOT_FAULTS + MEMBERSHIP_FAULTS
 GROUPS: dict[str, tuple[str, ...]] = {
     "partition": ("partition-halves", "partition-leader", "partition-bridge", "partition-asym"),
     "snapshot": SNAPSHOT_FAULTS,
+    "membership": MEMBERSHIP_FAULTS,
     "all": ALL_FAULTS,
 }
 LOSS_PROBABILITY = 0.2
 FULL_DISK_SLACK = 64 << 10
 """A disk with at most this much free space left counts as full (tmpfs keeps a few pages)."""
 PROCESS_TYPES = ("raft", "store", "api")
-KILLING_FAULTS = frozenset({"kill", "kill-node", "power-loss", "bitflip", "install-kill", "install-power-loss"})
+KILLING_FAULTS = frozenset({"kill", "kill-node", "power-loss", "bitflip", "install-kill", "install-power-loss",
+                            "restart"})
 """Faults that end processes on purpose; under every other fault a restart is a crash."""
 
 
@@ -126,6 +130,12 @@ class Target(Protocol):
 
     def next_index(self, leader: int, node: int) -> int:
         """The next entry `leader` will send `node` (0: unknown)."""
+
+    def transfer(self, via: int, to: int) -> str:
+        """POST /leader?wait naming `to`, through node `via`; "" on success, else why not."""
+
+    def restart_node(self, node: int) -> None:
+        """Stop every process of `node` gracefully, then start them again."""
 
 
 @dataclass
@@ -236,6 +246,7 @@ class Nemesis:
         self._slowed_before = 0
         self._pids_before: dict[tuple[int, str], int] = {}
         self._installs = InstallFaults(target, rng)
+        self._members = MembershipFaults(target, rng)
 
     # -- network -------------------------------------------------------------------------
     def _cut(self, groups: Sequence[Sequence[str]]) -> None:
@@ -505,6 +516,8 @@ class Nemesis:
             injection.detail = self._slow_disk()
         elif fault in SNAPSHOT_FAULTS:
             injection.detail, injection.pids = self._installs.strike(fault)
+        elif fault in MEMBERSHIP_FAULTS:
+            injection.detail, injection.pids = self._members.strike(fault)
         else:
             raise ValueError(f"unknown fault {fault!r}")
         self.current = injection
@@ -539,6 +552,8 @@ class Nemesis:
             self._settle_clock(injection)
         elif injection.fault in SNAPSHOT_FAULTS:
             self._settle_install(injection)
+        elif injection.fault in MEMBERSHIP_FAULTS:
+            injection.fired, injection.evidence = self._members.evidence()
         self._check_no_crash(injection)
         injection.ended = self.clock()
         return injection

@@ -26,8 +26,11 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -187,6 +190,26 @@ class LocalTarget:
         entry = progress.get(str(node), {}) if isinstance(progress, dict) else {}
         value = entry.get("next", 0) if isinstance(entry, dict) else 0
         return value if isinstance(value, int) else 0
+
+    def transfer(self, via: int, to: int) -> str:
+        http = self.configs[via - 1].me().http
+        request = urllib.request.Request(f"http://{http}/leader?wait&timeout=5s", method="POST",
+                                         data=json.dumps({"id": str(to)}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return "" if response.status == 200 else f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            return f"HTTP {exc.code}: {exc.read()[:200]!r}"
+        except OSError as exc:
+            return str(exc)
+
+    def restart_node(self, node: int) -> None:
+        conf = self.directory / "supervisord.conf"
+        programs = [f"node{node}-{kind}" for kind in ("api", "store", "raft")]
+        for action, names in (("stop", programs), ("start", programs[::-1])):
+            subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), action, *names],
+                           capture_output=True, text=True, timeout=60)
 
     def disk_report(self, node: int) -> str:
         store = self._status(node).get("store", {})
