@@ -222,7 +222,7 @@ class ImageTransfer:
         if chunk.offset + len(chunk.data) > chunk.size or (pull.size and chunk.size != pull.size):
             self._stats["snapshot_stray_chunks"] += 1
             return
-        if chunk.offset != pull.forwarded or not chunk.data and chunk.offset < chunk.size:
+        if chunk.offset != pull.forwarded or (not chunk.data and chunk.offset < chunk.size):
             if chunk.offset > pull.forwarded and current:
                 self._stats["snapshot_chunk_gaps"] += 1
                 self._restart_window(pull, pull.forwarded, now)
