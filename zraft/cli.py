@@ -301,7 +301,9 @@ def restore(address: str, file: str, boot: bool, timeout: float, progress: bool 
               help="Folder for each run's history, summary and cluster logs.")
 @click.option("--http-port", type=click.IntRange(1024, 65000), default=4401, show_default=True)
 @click.option("--first-host", type=click.IntRange(2, 250), default=2, show_default=True,
-              help="Nodes listen on 127.0.0.N, N+1, N+2.")
+              help="Nodes listen on 127.0.0.N, N+1, N+2 (and so on).")
+@click.option("--nodes", type=click.Choice(["3", "5"]), default="3", show_default=True,
+              help="Nodes in each run's cluster.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=6, show_default=True,
               help="Client threads, spread over the nodes.")
 @click.option("--rate", type=click.FloatRange(min=1), default=200.0, show_default=True,
@@ -312,7 +314,8 @@ def restore(address: str, file: str, boot: bool, timeout: float, progress: bool 
               type=click.Choice(["none", "weak", "linearizable", "strong"]),
               help="Read levels to use (repeatable; register default: linearizable and strong).")
 def chaos(runs: int, time_s: float, workload: str, nemesis: str, seed: int | None, out: str, http_port: int,
-          first_host: int, concurrency: int, rate: float, interval: float, read_levels: tuple[str, ...]) -> None:
+          first_host: int, nodes: str, concurrency: int, rate: float, interval: float,
+          read_levels: tuple[str, ...]) -> None:
     """Jepsen-style runs: faults against a local cluster, every history checked.
 
     The last line reads `R runs, O ops, V violations, L lost, I invalid`; the exit code is 0
@@ -331,7 +334,7 @@ def chaos(runs: int, time_s: float, workload: str, nemesis: str, seed: int | Non
                            seed=seed if seed is not None else int(_time.time()) % 100_000,
                            out=Path(out), http_port=http_port, first_host=first_host,
                            concurrency=concurrency, rate=rate, interval_s=interval,
-                           read_levels=read_levels)
+                           read_levels=read_levels, nodes=int(nodes))
     _stop_cleanly_on_signals()
     campaign = run_campaign(options, click.echo)
     sys.exit(0 if campaign.passed else 1)

@@ -54,6 +54,7 @@ from zraft.chaos.workloads import Indeterminate, NodeClient, OpPlan, Refused, Wo
 from zraft.config import RaftSettings, load
 
 NODES = 3
+"""Nodes per cluster unless --nodes says otherwise (3 or 5)."""
 WARMUP_S = 5.0
 RECOVERY_S = 10.0
 FINAL_WRITE_S = 30.0
@@ -82,10 +83,11 @@ class ChaosOptions:
     interval_s: float = 5.0
     read_levels: tuple[str, ...] = ()
     min_rate: float = 50.0
+    nodes: int = NODES
 
     @property
     def hosts(self) -> list[str]:
-        return [f"127.0.0.{self.first_host + i}" for i in range(NODES)]
+        return [f"127.0.0.{self.first_host + i}" for i in range(self.nodes)]
 
 
 @dataclass
@@ -357,13 +359,13 @@ def run_once(options: ChaosOptions, index: int, seed: int, echo: Callable[[str],
     _fresh(cluster_dir)
     lazy = bool({"power-loss", "slow-disk", "install-power-loss"} & set(options.faults))
     disks = {node: NodeDisks(cluster_dir / f"node{node}", lazy,
-                             "disk-full" in options.faults, seed) for node in range(1, NODES + 1)}
+                             "disk-full" in options.faults, seed) for node in range(1, options.nodes + 1)}
     firewall: Firewall | None = None
     try:
         for disk in disks.values():
             disk.setup()
         Firewall.sweep_orphans()
-        cluster.up(cluster_dir, NODES, options.http_port, timeout_s=60.0, hosts=options.hosts,
+        cluster.up(cluster_dir, options.nodes, options.http_port, timeout_s=60.0, hosts=options.hosts,
                    fake_clock="clock" in options.faults, data_subdir=DATA_SUBDIR,
                    raft=RaftSettings(segment_bytes=SEGMENT_BYTES, **SNAPSHOT_SETTINGS))
         firewall = Firewall.for_run(index)
