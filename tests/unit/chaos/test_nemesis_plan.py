@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zraft.chaos.nemesis import ALL_FAULTS, expand
+from zraft.chaos.runner import ChaosOptions
 from zraft.transport.sockets import from_own_address
 
 
@@ -14,6 +15,12 @@ def test_groups_expand_in_order_without_duplicates():
     assert expand(["kill", "all"])[0] == "kill"
     assert set(expand(["all"])) == set(ALL_FAULTS)
     assert len(expand(["kill", "kill"])) == 1
+    assert expand(["membership"]) == ("transfer", "restart") and "restart" in expand(["all"])
+
+
+def test_a_five_node_run_puts_each_node_on_its_own_address():
+    assert ChaosOptions(nodes=5, first_host=10).hosts == [f"127.0.0.{n}" for n in range(10, 15)]
+    assert len(ChaosOptions().hosts) == 3
 
 
 def test_unknown_fault_is_refused():
