@@ -40,7 +40,7 @@ from pathlib import Path
 from zraft import __version__
 from zraft.api.params import parse_duration
 from zraft.cluster import socket_dir, supervisord_conf
-from zraft.config import ConfigError, NodeConfig, Peer, render, with_overrides
+from zraft.config import ConfigError, NodeConfig, Peer, RaftSettings, render, with_overrides
 
 BOOL_FLAGS = frozenset({"version", "raft-non-voter"})
 USAGE = "usage: zraft-rqlited [flags] DATA_DIR (zraft-rqlited -help lists the flags)"
@@ -79,7 +79,7 @@ def _setting(key: str, convert: Callable[[str, str], int]) -> Callable[[Flags, s
 
 
 def _election(flags: Flags, flag: str, value: str) -> None:
-    ticks = max(2, math.ceil(_duration_ms(flag, value) / 50))  # raft.tick_ms stays at 50
+    ticks = max(2, math.ceil(_duration_ms(flag, value) / RaftSettings().tick_ms))  # tick_ms stays at its default
     flags.overrides.append(f"raft.election_ticks={ticks}")
 
 

@@ -7,25 +7,15 @@ a follower, so forwarding to the leader is exercised too."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import LocalCluster, start_cluster, stop_cluster
+from tests.integration.conftest import LocalCluster
 from tests.integration.helpers import execute, http, query, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 ELECTION_TIMEOUT_S = 0.5  # raft.tick_ms 50 x raft.election_ticks 10, the defaults
 
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    started = start_cluster(tmp_path)
-    try:
-        yield started
-    finally:
-        stop_cluster(started)
 
 
 def nodes(cluster: LocalCluster, node: int, extra: str = "") -> dict[str, dict]:

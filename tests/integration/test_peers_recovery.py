@@ -6,24 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import LocalCluster, start_cluster, stop_cluster
+from tests.integration.conftest import LocalCluster
 from tests.integration.helpers import execute, http, query, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    started = start_cluster(tmp_path)
-    try:
-        yield started
-    finally:
-        stop_cluster(started)
 
 
 def programs(node: int) -> list[str]:

@@ -19,26 +19,16 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from http.client import HTTPConnection, HTTPException
-from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import LocalCluster, start_cluster, stop_cluster
+from tests.integration.conftest import LocalCluster
 from tests.integration.helpers import execute, http, query, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 WRITERS = 4
 
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    started = start_cluster(tmp_path)
-    try:
-        yield started
-    finally:
-        stop_cluster(started)
 
 
 class Writers:

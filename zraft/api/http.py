@@ -587,9 +587,9 @@ class HttpApi:
             target = 0
             if body.strip() and request.content_type == "application/json":
                 target = _node_id_body(body, required=False)
+            req = request_for(self.service.deadline(params.timeout), redirect=params.redirect)
             with self.service.admit():
-                await self.membership.transfer(target, "wait" in request.query,
-                                               request_for(self._deadline_s(params), redirect=params.redirect))
+                await self.membership.transfer(target, "wait" in request.query, req)
             return web.Response(status=200)
         nodes = await self.membership.nodes(params.timeout or DEFAULT_NODES_TIMEOUT_S, nonvoters=True)
         leader = next((n for n in nodes if n["leader"]), None)
@@ -604,12 +604,10 @@ class HttpApi:
         params = self._params(request)
         self._check_length(request)
         node_id = _node_id_body(await self._read_body(request, params), required=True)
+        req = request_for(self.service.deadline(params.timeout), redirect=params.redirect)
         with self.service.admit():
-            await self.membership.remove(node_id, request_for(self._deadline_s(params), redirect=params.redirect))
+            await self.membership.remove(node_id, req)
         return web.Response(status=200)
-
-    def _deadline_s(self, params: Params) -> float:
-        return params.timeout if params.timeout and params.timeout > 0 else self.config.api.request_timeout_ms / 1000
 
     async def snapshot(self, request: web.BaseRequest) -> web.StreamResponse:
         """rqlite's POST /snapshot[?trailing_logs=N]: compact this node's log now; 200 when

@@ -82,8 +82,7 @@ class Membership:
 
     # == DELETE /remove ========================================================================
     async def remove(self, node_id: int, req: Request) -> None:
-        async def here() -> None:
-            status = await self.service.raft_status(req.remaining())
+        async def here(status: RaftStatus) -> None:
             if node_id not in (*status.voters, *status.learners):
                 return  # nothing to remove: as rqlite, a success
             index, term = await self._raft.change_membership("remove", node_id, req.remaining())
@@ -99,8 +98,7 @@ class Membership:
 
     # == POST /leader ==========================================================================
     async def transfer(self, node_id: int, wait: bool, req: Request) -> None:
-        async def here() -> None:
-            status = await self.service.raft_status(req.remaining())
+        async def here(status: RaftStatus) -> None:
             if node_id and node_id not in status.voters:
                 raise BadRequest(f"node {node_id} is not a voter")
             target = await self._raft.transfer(node_id, req.remaining())
@@ -123,7 +121,7 @@ class Membership:
         leader while this api still answers what it had in flight."""
         raft = self.service.config.raft
         election_s = raft.election_ticks * raft.tick_ms / 1000
-        req = request_for(2 * election_s)
+        req = request_for(time.monotonic() + 2 * election_s)
         try:  # a raft process that is stopping too answers nothing: do not wait long for it
             status = await self.service.raft_status(min(STATUS_AT_CLOSE_S, req.remaining()))
             if status.role != "leader" or len(status.voters) < 2:
@@ -145,17 +143,18 @@ class Membership:
             await asyncio.sleep(WAIT_POLL_S)
 
     # == both ==================================================================================
-    async def _at_leader(self, req: Request, here: Callable[[], Awaitable[None]],
+    async def _at_leader(self, req: Request, here: Callable[[RaftStatus], Awaitable[None]],
                          there: Callable[[int], Awaitable[None]]) -> None:
-        """Run `here` on the leader, or `there` from a follower; ride through elections and
-        through an earlier change that is not committed yet."""
+        """Run `here` (given the raft status that shows this node leading) on the leader, or
+        `there` from a follower; ride through elections and through an earlier change that
+        is not committed yet."""
         service = self.service
         waiting = service.leader_wait(req)
         while True:
             try:
                 status = await service.raft_status(req.remaining())
                 if status.role == "leader":
-                    await here()
+                    await here(status)
                     return
                 target = service.forward_target(status.leader, req)
                 if target:
@@ -167,7 +166,7 @@ class Membership:
             await waiting.pause()
 
 
-def request_for(timeout_s: float, forwarded: bool = False, redirect: bool = False) -> Request:
-    """A Request carrying only what a membership operation uses: its deadline and flags."""
-    return Request(statements=[], deadline=time.monotonic() + timeout_s,
-                   options=ClientOptions(forwarded=forwarded), redirect=redirect)
+def request_for(deadline: float, forwarded: bool = False, redirect: bool = False) -> Request:
+    """A Request carrying only what a membership operation uses: its deadline (monotonic
+    time) and flags."""
+    return Request(statements=[], deadline=deadline, options=ClientOptions(forwarded=forwarded), redirect=redirect)

@@ -71,7 +71,7 @@ class NativeHandler:
 
     async def _membership_request(self, msg: ClientRemove | ClientTransfer) -> WireMessage:
         timeout_s = min(msg.timeout_ms, self.service.config.store.max_wait_ms) / 1000
-        req = request_for(timeout_s, forwarded=msg.forwarded)
+        req = request_for(time.monotonic() + timeout_s, forwarded=msg.forwarded)
         if isinstance(msg, ClientRemove):
             await self.membership.remove(msg.node_id, req)
         else:

@@ -252,13 +252,9 @@ class Service:
             try:
                 index, term = await self.raft.propose(data, req.remaining())
             except NotLeader as exc:
-                leader = self.forward_target(exc.leader, req)
-                if leader:
-                    try:
-                        return await forward(leader, req)
-                    except NotLeader:
-                        pass  # leadership moved, or that node is stopping; nothing was appended
-                await waiting.pause()
+                outcome = await self._forward_or_wait(exc.leader, req, forward, waiting)
+                if outcome is not None:
+                    return outcome
                 continue
             self.leader_cache.update(self.node_id, term)
             result = await self.store.wait_applied(index, term, req.remaining(), req.options.render)
@@ -272,6 +268,20 @@ class Service:
         if req.forwarded or (req.redirect and usable):
             raise NotLeader("not leader" if usable else LEADER_NOT_FOUND, leader=usable)
         return usable
+
+    async def _forward_or_wait(self, leader: int, req: Request, forward: Forward,
+                               waiting: LeaderWait) -> Outcome | None:
+        """Forward to `leader` when another node is known to lead; None, after a pause, when
+        none is or it answered not-leader (leadership moved, or that node is stopping: nothing
+        was done there), so that the caller asks again."""
+        target = self.forward_target(leader, req)
+        if target:
+            try:
+                return await forward(target, req)
+            except NotLeader:
+                pass
+        await waiting.pause()
+        return None
 
     def leader_wait(self, req: Request) -> LeaderWait:
         """How this request waits for a leader (see LEADER_WAIT_ELECTIONS)."""
@@ -317,13 +327,9 @@ class Service:
             leader = await self.current_leader(req.remaining(), fresh=waiting.waited)
             if leader == self.node_id:
                 return await self._local_query(req, 0)
-            target = self.forward_target(leader, req)
-            if target:
-                try:
-                    return await self._forward_query(target, req)
-                except NotLeader:
-                    pass
-            await waiting.pause()
+            outcome = await self._forward_or_wait(leader, req, self._forward_query, waiting)
+            if outcome is not None:
+                return outcome
 
     async def _linearizable_query(self, req: Request) -> Outcome:
         waiting = self.leader_wait(req)
@@ -331,13 +337,9 @@ class Service:
             try:
                 index = await self.raft.read_index(req.remaining())
             except NotLeader as exc:
-                target = self.forward_target(exc.leader, req)
-                if target:
-                    try:
-                        return await self._forward_query(target, req)
-                    except NotLeader:
-                        pass
-                await waiting.pause()
+                outcome = await self._forward_or_wait(exc.leader, req, self._forward_query, waiting)
+                if outcome is not None:
+                    return outcome
                 continue
             return await self._local_query(req, index)
 
